@@ -1,0 +1,255 @@
+"""Commands. The only place that builds the clients, the store and the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import SecretStr
+
+from orthanc_openmrs import __version__
+from orthanc_openmrs.config import Settings, env_name, load_settings
+from orthanc_openmrs.errors import ConfigError, CredentialsRefused, SyncError
+from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State
+from orthanc_openmrs.openmrs import OpenMRSClient
+from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs.retry import Backoff
+from orthanc_openmrs.service import PassSummary, Service, ServiceOptions
+from orthanc_openmrs.store import Store
+from orthanc_openmrs.sync import SyncOptions
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
+_SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        settings = load_settings(args.config, **_flag_overrides(args))
+        return int(args.handler(args, settings))
+    except ConfigError as exc:
+        print(f"orthanc-openmrs: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CredentialsRefused as exc:
+        print(f"orthanc-openmrs: stopped: {exc.message}", file=sys.stderr)
+        return EXIT_CREDENTIALS
+    except SyncError as exc:
+        print(f"orthanc-openmrs: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# -- parser ------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orthanc-openmrs",
+        description="Attach a preview of every Orthanc study to the right OpenMRS patient.",
+        epilog="Settings come from flags, then environment variables, then the --config file.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="follow Orthanc and sync each study once it is stable")
+    run.set_defaults(handler=_cmd_run)
+
+    sync = commands.add_parser("sync", help="one pass: sync every stable study not yet synced")
+    sync.add_argument("--study", metavar="ID", help="one study now: StudyInstanceUID or Orthanc ID")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="report what would be attached; write nothing"
+    )
+    sync.set_defaults(handler=_cmd_sync)
+
+    status = commands.add_parser("status", help="counts by state, and what needs a person")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_cmd_status)
+
+    for sub in (run, sync, status):
+        _add_setting_flags(sub)
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request decision")
+    group = parser.add_argument_group("settings (each also an environment variable)")
+    for name, info in Settings.model_fields.items():
+        if name in _SECRET_FIELDS:
+            continue  # passwords on a command line are visible to every user of the machine
+        default = info.get_default()
+        shown = "required" if info.is_required() else f"default {default!s}"
+        if isinstance(default, str) and not default:
+            shown = "default empty"
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=f"setting_{name}",
+            metavar="VALUE",
+            help=f"{info.description} [{env_name(name)}; {shown}]",
+        )
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    prefix = "setting_"
+    return {
+        key.removeprefix(prefix): value
+        for key, value in vars(args).items()
+        if key.startswith(prefix) and value is not None
+    }
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# -- wiring ------------------------------------------------------------------------------------
+@contextmanager
+def _service(settings: Settings, *, dry_run: bool = False) -> Iterator[Service]:
+    connections = settings.sync_workers * 2 + 2
+    orthanc = OrthancClient(
+        settings.orthanc_url,
+        username=settings.orthanc_user,
+        password=_secret(settings.orthanc_password),
+        timeout=settings.sync_http_timeout,
+        connections=connections,
+    )
+    openmrs = OpenMRSClient(
+        settings.openmrs_url,
+        username=settings.openmrs_user,
+        password=_secret(settings.openmrs_password),
+        timeout=settings.sync_http_timeout,
+        connections=connections,
+    )
+    store = Store(settings.sync_database)
+    try:
+        yield Service(
+            orthanc,
+            openmrs,
+            store,
+            SyncOptions.from_settings(settings, dry_run=dry_run),
+            ServiceOptions(
+                workers=settings.sync_workers,
+                backoff=Backoff(settings.sync_retry_min, settings.sync_retry_max),
+                poll_interval=settings.sync_poll_interval,
+            ),
+        )
+    finally:
+        orthanc.close()
+        openmrs.close()
+        store.close()
+
+
+def _secret(value: SecretStr) -> str:
+    return value.get_secret_value()
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    with _service(settings, dry_run=args.dry_run) as service:
+        service.openmrs.check_credentials()
+        if args.study:
+            for result in service.sync_now(args.study):
+                print(f"{result.outcome.value}: {result.study_uid or result.orthanc_id}")
+                if result.reason:
+                    print(f"  reason: {result.reason}")
+                if result.patient_uuid:
+                    print(f"  patient: {result.patient_uuid}")
+                if result.caption:
+                    print(f"  caption: {result.caption}")
+            return EXIT_OK
+        summary = service.run_pass()
+        _print_summary(summary, dry_run=args.dry_run)
+    return EXIT_OK
+
+
+def _print_summary(summary: PassSummary, *, dry_run: bool) -> None:
+    title = "Dry run (nothing written to OpenMRS)" if dry_run else "Pass complete"
+    print(f"{title}: {summary.total} studies looked at, {summary.discovered} newly found")
+    for outcome in Outcome:
+        label = "would attach" if dry_run and outcome is Outcome.SYNCED else outcome.value
+        print(f"  {label:<14}{summary.counts.get(outcome, 0):>7}")
+    if summary.problems:
+        print("\nNeeding a person (see `orthanc-openmrs status` for all):")
+        for result in summary.problems:
+            print(f"  {result.outcome.value:<10} {result.study_uid or result.orthanc_id}")
+            print(f"             {result.reason}")
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        structlog.get_logger("orthanc_openmrs").info("service.stopping", signal=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with _service(settings) as service:
+        service.openmrs.check_credentials()
+        structlog.get_logger("orthanc_openmrs").info(
+            "service.started", orthanc=settings.orthanc_url, openmrs=settings.openmrs_url
+        )
+        service.run_forever(stop)
+    structlog.get_logger("orthanc_openmrs").info("service.stopped")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.sync_database)
+    try:
+        counts = store.counts()
+        rows = store.needing_a_person()
+    finally:
+        store.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "counts": {state.value: n for state, n in counts.items()},
+                    "needs_a_person": [
+                        {
+                            "orthanc_id": r.orthanc_id,
+                            "study_uid": r.study_uid,
+                            "state": r.state.value,
+                            "reason": r.reason,
+                            "patient_id": r.dicom_patient_id,
+                            "attempts": r.attempts,
+                            "retried": r.next_attempt_at is not None,
+                        }
+                        for r in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    print("Studies by state:")
+    for state in State:
+        print(f"  {state.value:<10}{counts[state]:>8}")
+    needing = [r for r in rows if r.state in NEEDS_A_PERSON]
+    if needing:
+        print("\nNeeding a person:")
+        for r in needing:
+            retry = "retried automatically" if r.next_attempt_at is not None else "not retried"
+            print(f"  {r.state.value:<10} {r.study_uid or r.orthanc_id} ({retry})")
+            print(f"             {r.reason}")
+    return EXIT_OK

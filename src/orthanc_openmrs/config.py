@@ -1,0 +1,247 @@
+"""Typed settings: flags > environment > TOML file (`--config`) > defaults, checked at start-up.
+
+Every setting has one name, which is its environment variable; the TOML file uses the same names
+in lower case (`orthanc_public_url = "https://pacs.example.org"`).
+"""
+
+from __future__ import annotations
+
+import enum
+import string
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orthanc_openmrs.errors import ConfigError
+
+# Orthanc keeps these patient tags in its index; any other tag would cost a read of every file.
+MATCHABLE_TAGS = ("PatientID", "OtherPatientIDs")
+TEMPLATE_FIELDS = frozenset({"public_url", "study_uid", "orthanc_id"})
+
+
+class Viewer(enum.StrEnum):
+    STONE = "stone"
+    OHIF = "ohif"
+    EXPLORER2 = "explorer2"
+    EXPLORER = "explorer"
+    CUSTOM = "custom"
+
+
+class PatientLookup(enum.StrEnum):
+    REST = "rest"
+    FHIR = "fhir"
+
+
+class Settings(BaseSettings):
+    """All settings of the service. Field name = environment variable (upper case)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="forbid", populate_by_name=True)
+
+    orthanc_url: str = Field("http://localhost:8042", description="Orthanc REST base URL")
+    orthanc_user: str = Field("", description="Orthanc user (empty: no authentication)")
+    orthanc_password: SecretStr = Field(SecretStr(""), description="Orthanc password")
+    orthanc_public_url: str = Field(
+        description="Base of the viewer link in captions, as clinicians reach Orthanc"
+    )
+    openmrs_url: str = Field(
+        "http://localhost:8080/openmrs", description="OpenMRS base URL, with its context path"
+    )
+    openmrs_user: str = Field(
+        validation_alias=AliasChoices("openmrs_user", "eip_fhir_username"),
+        description="OpenMRS user (Ozone's EIP_FHIR_USERNAME is read too)",
+    )
+    openmrs_password: SecretStr = Field(
+        validation_alias=AliasChoices("openmrs_password", "eip_fhir_password"),
+        description="OpenMRS password (Ozone's EIP_FHIR_PASSWORD is read too)",
+    )
+    sync_database: Path = Field(
+        Path("orthanc-openmrs.sqlite3"), description="SQLite state file (the ledger)"
+    )
+    sync_viewer: Viewer = Field(
+        Viewer.STONE,
+        description="Viewer of the caption link: stone, ohif, explorer2, explorer, custom",
+    )
+    sync_viewer_url: str = Field(
+        "",
+        description="Link template for sync_viewer=custom, with {public_url}, {study_uid}, "
+        "{orthanc_id}",
+    )
+    sync_patient_tags: str = Field(
+        "PatientID,OtherPatientIDs",
+        description="DICOM tags holding the OpenMRS identifier, in order",
+    )
+    sync_identifier_types: str = Field(
+        "", description="OpenMRS identifier types that count, by name or uuid (empty: all)"
+    )
+    sync_patient_lookup: PatientLookup = Field(
+        PatientLookup.REST,
+        description="rest (fuzzy search, filtered exactly here) or fhir (exact search)",
+    )
+    sync_poll_interval: float = Field(5.0, gt=0, le=300, description="Seconds between polls in run")
+    sync_preview_max_side: int = Field(
+        1024, ge=64, le=8192, description="Longest side of the preview image, in pixels"
+    )
+    sync_preview_max_bytes: int = Field(
+        1_000_000,
+        ge=20_000,
+        le=5_242_880,
+        description="Largest preview file; OpenMRS down-scales images over 1,200,000 bytes",
+    )
+    sync_http_timeout: float = Field(30.0, gt=0, le=600, description="HTTP timeout in seconds")
+    sync_workers: int = Field(4, ge=1, le=64, description="Studies in flight at once")
+    sync_retry_min: float = Field(
+        60.0, ge=0, description="First retry delay (seconds) of a study that could not sync"
+    )
+    sync_retry_max: float = Field(3600.0, ge=0, description="Longest retry delay (seconds)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file is merged in by load_settings below, under the environment.
+        return (init_settings, env_settings)
+
+    @field_validator("orthanc_url", "openmrs_url", "orthanc_public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(("http://", "https://")) or len(value) < len("http://x"):
+            raise ValueError("must be an http:// or https:// URL")
+        if any(c in value for c in "?# \r\n"):
+            raise ValueError("must be a base URL without spaces, query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("openmrs_user")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("openmrs_password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret:
+            raise ValueError("must not be empty")
+        if ":" in secret:
+            # OpenMRS splits Basic credentials on every ':' and would see a shorter password.
+            raise ValueError("must not contain ':' (OpenMRS cuts Basic passwords at the colon)")
+        return value
+
+    @field_validator("sync_patient_tags")
+    @classmethod
+    def _tags(cls, value: str) -> str:
+        tags = [t.strip() for t in value.split(",") if t.strip()]
+        if not tags:
+            raise ValueError("must name at least one tag")
+        unknown = [t for t in tags if t not in MATCHABLE_TAGS]
+        if unknown:
+            raise ValueError(f"unsupported tag(s) {unknown}; choose from {list(MATCHABLE_TAGS)}")
+        return ",".join(tags)
+
+    @field_validator("sync_viewer_url")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if not value:
+            return value
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if not fields <= TEMPLATE_FIELDS:
+            raise ValueError(f"unknown placeholder(s) {sorted(fields - TEMPLATE_FIELDS)}")
+        if not fields & {"study_uid", "orthanc_id"}:
+            raise ValueError("must contain {study_uid} or {orthanc_id}")
+        return value
+
+    @property
+    def patient_tags(self) -> tuple[str, ...]:
+        return tuple(self.sync_patient_tags.split(","))
+
+    @property
+    def identifier_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.sync_identifier_types.split(",") if t.strip())
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, or raise ConfigError naming the setting that is wrong."""
+    file_values = _read_toml(config_file) if config_file else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        # Environment beats the file: the file only fills what the environment leaves unset.
+        settings = _with_file_defaults(file_values)(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    if settings.sync_viewer is Viewer.CUSTOM and not settings.sync_viewer_url:
+        raise ConfigError("SYNC_VIEWER_URL: required when SYNC_VIEWER is custom")
+    if settings.sync_retry_max < settings.sync_retry_min:
+        raise ConfigError("SYNC_RETRY_MAX: must not be below SYNC_RETRY_MIN")
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+    values = {k.lower(): v for k, v in data.items()}
+    unknown = sorted(set(values) - _known_names())
+    if unknown:
+        raise ConfigError(f"--config: unknown setting(s) {', '.join(unknown)} in {path}")
+    return values
+
+
+def _known_names() -> set[str]:
+    names = set(Settings.model_fields)
+    return names | {"eip_fhir_username", "eip_fhir_password"}
+
+
+def _with_file_defaults(file_values: dict[str, Any]) -> type[Settings]:
+    """A Settings class whose lowest-priority source is the TOML file."""
+    if not file_values:
+        return Settings
+
+    class _FileSource(PydanticBaseSettingsSource):
+        def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+            return file_values.get(field_name), field_name, False
+
+        def __call__(self) -> dict[str, Any]:
+            return dict(file_values)
+
+    class FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls))
+
+    return FileSettings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "required but not set"
+        lines.append(f"{env_name(name)}: {message}")
+    return "invalid settings: " + "; ".join(lines)

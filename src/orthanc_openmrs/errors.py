@@ -1,0 +1,106 @@
+"""The one error tree of the service.
+
+Foreign errors (httpx, sqlite3, pydantic) are translated into these at the module that talks to
+the foreign thing. Whether an error is worth retrying is a property of the error, not of the caller.
+
+    SyncError
+    ├── ConfigError                  a setting is missing or invalid; names the setting
+    ├── StoreError                   the state database cannot be read or written
+    ├── ServerError                  a remote server did not do what was asked
+    │   ├── CredentialsRefused       a server refuses our credentials: stop the work, never retry
+    │   │   ├── OrthancAuthError
+    │   │   └── OpenMRSAuthError     (7 failed logins lock the OpenMRS account)
+    │   ├── OrthancError
+    │   │   ├── OrthancAuthError
+    │   │   ├── OrthancNotFound      404: the resource was deleted meanwhile
+    │   │   └── OrthancUnsupported   415: Orthanc cannot decode this image
+    │   └── OpenMRSError
+    │       ├── OpenMRSAuthError
+    │       └── UploadOutcomeUnknown the upload may or may not have been stored
+    └── StudyRejected                the study itself cannot be synced as it is (bad UID, ...)
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(SyncError):
+    """A setting is missing or invalid."""
+
+
+class StoreError(SyncError):
+    """The state database failed."""
+
+
+class ServerError(SyncError):
+    """A remote server failed; transport errors, 5xx and 429 are retryable, 4xx are not."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool | None = None
+    ) -> None:
+        if retryable is None:
+            retryable = status is None or status >= 500 or status == 429
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+class CredentialsRefused(ServerError):
+    """A server refuses the configured credentials; nothing can work until a person fixes them."""
+
+    def __init__(self, message: str, *, status: int | None = 401) -> None:
+        super().__init__(message, status=status, retryable=False)
+
+
+class OrthancError(ServerError):
+    """Orthanc answered with an error or could not be reached."""
+
+
+class OrthancAuthError(CredentialsRefused, OrthancError):
+    """Orthanc refuses ORTHANC_USER/ORTHANC_PASSWORD."""
+
+
+class OrthancNotFound(OrthancError):
+    """The resource is gone (deleted between the change and the fetch)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=404, retryable=False)
+
+
+class OrthancUnsupported(OrthancError):
+    """Orthanc cannot decode the instance (415)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=415, retryable=False)
+
+
+class OpenMRSError(ServerError):
+    """OpenMRS answered with an error or could not be reached."""
+
+
+class OpenMRSAuthError(CredentialsRefused, OpenMRSError):
+    """OpenMRS refuses the credentials. Retrying would lock the account (7 failures)."""
+
+
+class UploadOutcomeUnknown(OpenMRSError):
+    """The upload was sent but its outcome is unknown: it may have been stored."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, status=status, retryable=True)
+
+
+class StudyRejected(SyncError):
+    """The study's own data makes it impossible to sync (not retried until it changes)."""

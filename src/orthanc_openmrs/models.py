@@ -1,0 +1,163 @@
+"""Frozen values shared by the layers. JSON of the servers is parsed into these at the edge."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of Orthanc's changes log."""
+
+    seq: int
+    change_type: str
+    resource_type: str
+    orthanc_id: str
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    changes: tuple[Change, ...]
+    last: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study as Orthanc describes it (`GET /studies/{id}`)."""
+
+    orthanc_id: str
+    study_uid: str
+    is_stable: bool
+    last_update: str
+    patient_tags: dict[str, str] = field(default_factory=dict)
+    study_date: str = ""
+    study_time: str = ""
+    description: str = ""
+    accession: str = ""
+    series_ids: tuple[str, ...] = ()
+
+    @property
+    def patient_id(self) -> str:
+        return self.patient_tags.get("PatientID", "")
+
+    @property
+    def patient_name(self) -> str:
+        return self.patient_tags.get("PatientName", "")
+
+
+@dataclass(frozen=True)
+class Series:
+    orthanc_id: str
+    series_uid: str
+    number: str | None
+    modality: str
+    date: str | None
+    time: str | None
+    description: str
+    instance_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Instance:
+    orthanc_id: str
+    sop_uid: str
+    number: str | None
+    index_in_series: int | None
+
+
+@dataclass(frozen=True)
+class InstanceTags:
+    """The few tags that decide how an instance is shown."""
+
+    sop_class_uid: str
+    rows: int | None
+    columns: int | None
+    window_center: str | None
+    window_width: str | None
+    number_of_frames: int
+
+
+class InstanceKind(enum.Enum):
+    IMAGE = "image"
+    PDF = "pdf"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class PatientIdentifier:
+    identifier: str
+    type_uuid: str
+    type_name: str
+    voided: bool = False
+
+
+@dataclass(frozen=True)
+class OpenMRSPatient:
+    uuid: str
+    identifiers: tuple[PatientIdentifier, ...]
+    display: str = ""
+    voided: bool = False
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An attachment as OpenMRS lists it."""
+
+    uuid: str
+    comment: str | None
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The file uploaded to OpenMRS for a study."""
+
+    data: bytes
+    mime_type: str
+    filename: str
+
+
+class Outcome(enum.Enum):
+    """What one attempt at one study came to."""
+
+    SYNCED = "synced"
+    ALREADY_THERE = "already there"
+    UNMATCHED = "unmatched"
+    AMBIGUOUS = "ambiguous"
+    FAILED = "failed"
+    NOT_STABLE = "not stable"
+    GONE = "gone"
+
+
+class State(enum.Enum):
+    """Where a study stands in the ledger."""
+
+    PENDING = "pending"
+    SYNCED = "synced"
+    UNMATCHED = "unmatched"
+    AMBIGUOUS = "ambiguous"
+    FAILED = "failed"
+    GONE = "gone"
+
+
+NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.FAILED)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The result of one attempt, ready to be recorded."""
+
+    orthanc_id: str
+    outcome: Outcome
+    reason: str = ""
+    retryable: bool = True
+    study_uid: str = ""
+    dicom_patient_id: str = ""
+    patient_uuid: str = ""
+    attachment_uuid: str = ""
+    instance_id: str = ""
+    caption: str = ""
+    last_update: str = ""
+    candidates: tuple[str, ...] = ()

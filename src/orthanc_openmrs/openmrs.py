@@ -1,0 +1,262 @@
+"""OpenMRS REST client: exact patient lookup, attachments list / upload / void.
+
+Two traps of the real server shape this module:
+- a stale JSESSIONID gets 401 even with good Basic credentials, and the request may have run
+  anyway; so cookies are dropped on 401, reads are sent again, and an upload is reported as
+  "outcome unknown" for the caller to verify instead of being sent twice;
+- wrong credentials are counted towards a lockout after 7 failures; so they are checked once
+  (`check_credentials`) and a refusal is final.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
+from orthanc_openmrs.models import Attachment, OpenMRSPatient, PatientIdentifier, Preview
+
+REST = "/ws/rest/v1"
+FHIR = "/ws/fhir2/R4"
+PAGE = 100  # the server's absolute maximum per page; more gives a 500
+# identifiers is limited to non-voided ones by the server; voided is asked for all the same.
+_PATIENT_REP = (
+    "custom:(uuid,display,voided,identifiers:(identifier,voided,identifierType:(uuid,name)))"
+)
+
+
+class OpenMRSClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        username: str,
+        password: str,
+        timeout: float = 30.0,
+        connections: int = 8,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._username = username
+        self._client = httpx.Client(
+            base_url=base_url,
+            auth=(username, password),
+            timeout=timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            transport=transport,
+        )
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- transport -------------------------------------------------------------------------
+    def _count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def _get(self, path: str, params: Mapping[str, str | int]) -> Any:
+        for attempt in (1, 2):
+            had_session = bool(self._client.cookies)
+            self._count()
+            try:
+                response = self._client.get(
+                    path, params=params, headers={"Accept": "application/json"}
+                )
+            except httpx.RemoteProtocolError as exc:
+                if attempt == 2:
+                    raise OpenMRSError(f"OpenMRS GET {path}: {exc}") from exc
+                continue
+            except httpx.HTTPError as exc:
+                raise OpenMRSError(f"OpenMRS GET {path}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code == 401 and had_session and attempt == 1:
+                # "Session timed out": the cookie is stale, not the credentials.
+                self._client.cookies.clear()
+                continue
+            self._raise_for(path, "GET", response)
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise OpenMRSError(f"OpenMRS GET {path}: answer is not JSON") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_for(self, path: str, method: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if status < 300:
+            return
+        message = _error_message(response)
+        what = f"OpenMRS {method} {path}: HTTP {status}"
+        if status == 401:
+            raise OpenMRSAuthError(
+                f"{what}: OpenMRS refuses user {self._username!r} (check OPENMRS_USER and "
+                "OPENMRS_PASSWORD; the account locks after 7 failed logins)"
+            )
+        if status == 403:
+            raise OpenMRSError(f"{what}: user lacks a privilege: {message}", status=status)
+        raise OpenMRSError(f"{what}: {message}" if message else what, status=status)
+
+    # -- session ---------------------------------------------------------------------------
+    def check_credentials(self) -> None:
+        """One login attempt; raises OpenMRSAuthError if refused. Call once, before the work."""
+        data = self._get(f"{REST}/session", {})
+        if not data.get("authenticated"):
+            raise OpenMRSAuthError(
+                f"OpenMRS refuses user {self._username!r} (check OPENMRS_USER and "
+                "OPENMRS_PASSWORD; the account locks after 7 failed logins, so nothing was retried)"
+            )
+
+    # -- patients --------------------------------------------------------------------------
+    def find_patients_rest(self, identifier: str) -> list[OpenMRSPatient]:
+        """Every hit of the fuzzy identifier search, all pages. Filter exactly afterwards."""
+        patients: list[OpenMRSPatient] = []
+        start = 0
+        while True:
+            data = self._get(
+                f"{REST}/patient",
+                {"identifier": identifier, "v": _PATIENT_REP, "limit": PAGE, "startIndex": start},
+            )
+            results = data.get("results", [])
+            patients.extend(_rest_patient(item) for item in results)
+            if not results or not _has_next(data):
+                return patients
+            start += len(results)
+
+    def find_patients_fhir(self, identifier: str) -> list[OpenMRSPatient]:
+        """The exact FHIR identifier search, all pages."""
+        # FHIR token syntax: '|' separates system and value, ',' means OR; escape both.
+        token = identifier.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,")
+        patients: list[OpenMRSPatient] = []
+        path, params = f"{FHIR}/Patient", {"identifier": token, "_count": str(PAGE)}
+        while True:
+            data = self._get(path, params)
+            entries = data.get("entry", []) or []
+            patients.extend(_fhir_patient(e.get("resource", {})) for e in entries)
+            following = [
+                str(link.get("url", ""))
+                for link in data.get("link", []) or []
+                if link.get("relation") == "next"
+            ]
+            if not entries or not following:
+                return patients
+            # The next link is absolute, as the server sees itself; keep only path and query.
+            url = httpx.URL(following[0])
+            path = FHIR + url.path.split(FHIR, 1)[-1] if FHIR in url.path else f"{FHIR}/Patient"
+            params = dict(url.params)
+
+    # -- attachments -----------------------------------------------------------------------
+    def attachments(self, patient_uuid: str) -> Iterator[Attachment]:
+        """All of the patient's attachments, newest first, every page."""
+        start = 0
+        while True:
+            data = self._get(
+                f"{REST}/attachment", {"patient": patient_uuid, "limit": PAGE, "startIndex": start}
+            )
+            results = data.get("results", [])
+            for item in results:
+                yield Attachment(
+                    uuid=str(item["uuid"]),
+                    comment=item.get("comment"),
+                    filename=str(item.get("filename") or ""),
+                )
+            if not results or not _has_next(data):
+                return
+            start += len(results)
+
+    def upload(self, patient_uuid: str, preview: Preview, caption: str) -> str:
+        """POST one attachment; its uuid. Not resent here: a resend could duplicate it."""
+        path = f"{REST}/attachment"
+        had_session = bool(self._client.cookies)
+        self._count()
+        try:
+            response = self._client.post(
+                path,
+                data={"patient": patient_uuid, "fileCaption": caption},
+                files={"file": (preview.filename, preview.data, preview.mime_type)},
+                headers={"Accept": "application/json"},
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise OpenMRSError(f"OpenMRS POST {path}: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise UploadOutcomeUnknown(
+                f"OpenMRS POST {path}: {type(exc).__name__}: {exc or 'no response'}"
+            ) from exc
+        if response.status_code == 401 and had_session:
+            self._client.cookies.clear()
+            raise UploadOutcomeUnknown(
+                f"OpenMRS POST {path}: HTTP 401 with a stale session (the upload may have run)",
+                status=401,
+            )
+        self._raise_for(path, "POST", response)
+        try:
+            return str(response.json()["uuid"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UploadOutcomeUnknown(f"OpenMRS POST {path}: answer has no uuid") from exc
+
+    def void_attachment(self, attachment_uuid: str) -> None:
+        path = f"{REST}/attachment/{quote(attachment_uuid, safe='')}"
+        self._count()
+        try:
+            response = self._client.delete(path, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise OpenMRSError(f"OpenMRS DELETE {path}: {type(exc).__name__}: {exc}") from exc
+        self._raise_for(path, "DELETE", response)
+
+
+def _has_next(data: Mapping[str, Any]) -> bool:
+    return any(link.get("rel") == "next" for link in data.get("links", []) or [])
+
+
+def _rest_patient(item: Mapping[str, Any]) -> OpenMRSPatient:
+    identifiers = tuple(
+        PatientIdentifier(
+            identifier=str(ident.get("identifier", "")),
+            type_uuid=str((ident.get("identifierType") or {}).get("uuid", "")),
+            type_name=str((ident.get("identifierType") or {}).get("name", "")),
+            voided=bool(ident.get("voided", False)),
+        )
+        for ident in item.get("identifiers", []) or []
+    )
+    return OpenMRSPatient(
+        uuid=str(item["uuid"]),
+        identifiers=identifiers,
+        display=str(item.get("display", "")),
+        voided=bool(item.get("voided", False)),
+    )
+
+
+def _fhir_patient(resource: Mapping[str, Any]) -> OpenMRSPatient:
+    identifiers = []
+    for ident in resource.get("identifier", []) or []:
+        kind = ident.get("type") or {}
+        coding = (kind.get("coding") or [{}])[0]
+        identifiers.append(
+            PatientIdentifier(
+                identifier=str(ident.get("value", "")),
+                type_uuid=str(coding.get("code", "")),
+                type_name=str(kind.get("text", "")),
+            )
+        )
+    return OpenMRSPatient(
+        uuid=str(resource.get("id", "")),
+        identifiers=tuple(identifiers),
+        voided=resource.get("active") is False,
+    )
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200]
+    if isinstance(body, dict):
+        error = body.get("error") or {}
+        if isinstance(error, dict):
+            fields = error.get("fieldErrors") or {}
+            details = [f"{name}: {e.get('message')}" for name, errs in fields.items() for e in errs]
+            return "; ".join([str(error.get("message", "")), *details]).strip("; ")
+    return ""

@@ -1,0 +1,238 @@
+"""Orthanc REST client: JSON in, our models out; httpx errors mapped to ours here.
+
+Orthanc closes idle connections after one second, so pooled connections expire sooner, and an
+idempotent request that loses that race is sent once more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from orthanc_openmrs.errors import (
+    OrthancAuthError,
+    OrthancError,
+    OrthancNotFound,
+    OrthancUnsupported,
+)
+from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, Series, Study
+
+KEEPALIVE_EXPIRY = 0.8
+_JSON = "application/json"
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+class OrthancClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        username: str = "",
+        password: str = "",
+        timeout: float = 30.0,
+        connections: int = 8,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url,
+            auth=(username, password) if username else None,
+            timeout=timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=connections,
+                max_keepalive_connections=connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
+            transport=transport,
+        )
+        self.requests = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- transport -------------------------------------------------------------------------
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        accept: str = _JSON,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        for attempt in (1, 2):
+            self.requests += 1
+            try:
+                response = self._client.request(
+                    method, path, params=params, headers={"Accept": accept}, content=content
+                )
+            except httpx.RemoteProtocolError as exc:
+                # The server dropped a kept-alive connection as we reused it: safe to resend once.
+                if attempt == 2:
+                    raise OrthancError(f"Orthanc {method} {path}: {exc}") from exc
+                continue
+            except httpx.HTTPError as exc:
+                raise OrthancError(f"Orthanc {method} {path}: {type(exc).__name__}: {exc}") from exc
+            return self._check(method, path, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _check(method: str, path: str, response: httpx.Response) -> httpx.Response:
+        status = response.status_code
+        if status < 300:
+            return response
+        what = f"Orthanc {method} {path}: HTTP {status}"
+        if status == 404:
+            raise OrthancNotFound(what)
+        if status == 415:
+            raise OrthancUnsupported(what + " (cannot decode this image)")
+        if status in (401, 403):
+            raise OrthancAuthError(
+                what + ": credentials refused (check ORTHANC_USER and ORTHANC_PASSWORD)",
+                status=status,
+            )
+        detail = _error_detail(response)
+        raise OrthancError(f"{what}{detail}", status=status)
+
+    def _json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        response = self._send("GET", path, params=params)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise OrthancError(f"Orthanc GET {path}: answer is not JSON") from exc
+
+    # -- discovery -------------------------------------------------------------------------
+    def changes(self, since: int, limit: int) -> ChangesPage:
+        data = self._json("/changes", {"since": int(since), "limit": int(limit)})
+        changes = tuple(
+            Change(
+                seq=int(item["Seq"]),
+                change_type=str(item.get("ChangeType", "")),
+                resource_type=str(item.get("ResourceType", "")),
+                orthanc_id=str(item.get("ID", "")),
+            )
+            for item in data.get("Changes", [])
+        )
+        return ChangesPage(
+            changes=changes, last=int(data.get("Last", since)), done=bool(data["Done"])
+        )
+
+    def high_water_mark(self) -> int:
+        """The newest change sequence number (never moves backwards, unlike `?last`)."""
+        return int(self._json("/changes", {"since": 0, "limit": 0}).get("Last", 0))
+
+    def study_ids(self, since: int, limit: int) -> list[str]:
+        """One page of all study IDs, in Orthanc's insertion order."""
+        return [str(i) for i in self._json("/studies", {"since": int(since), "limit": int(limit)})]
+
+    def lookup_study_uid(self, study_uid: str) -> list[str]:
+        response = self._send("POST", "/tools/lookup", content=study_uid.encode("ascii"))
+        return [str(item["ID"]) for item in response.json() if item.get("Type") == "Study"]
+
+    # -- one study -------------------------------------------------------------------------
+    def study(self, orthanc_id: str) -> Study:
+        data = self._json(f"/studies/{_seg(orthanc_id)}")
+        tags = data.get("MainDicomTags", {})
+        return Study(
+            orthanc_id=str(data["ID"]),
+            study_uid=str(tags.get("StudyInstanceUID", "")),
+            is_stable=bool(data.get("IsStable", False)),
+            last_update=str(data.get("LastUpdate", "")),
+            patient_tags={str(k): str(v) for k, v in data.get("PatientMainDicomTags", {}).items()},
+            study_date=str(tags.get("StudyDate", "")),
+            study_time=str(tags.get("StudyTime", "")),
+            description=str(tags.get("StudyDescription", "")),
+            accession=str(tags.get("AccessionNumber", "")),
+            series_ids=tuple(str(s) for s in data.get("Series", [])),
+        )
+
+    def study_series(self, orthanc_id: str) -> list[Series]:
+        return [_series(item) for item in self._json(f"/studies/{_seg(orthanc_id)}/series")]
+
+    def series_instances(self, series_id: str) -> list[Instance]:
+        return [
+            Instance(
+                orthanc_id=str(item["ID"]),
+                sop_uid=str(item.get("MainDicomTags", {}).get("SOPInstanceUID", "")),
+                number=_opt(item.get("MainDicomTags", {}).get("InstanceNumber")),
+                index_in_series=_opt_int(item.get("IndexInSeries")),
+            )
+            for item in self._json(f"/series/{_seg(series_id)}/instances")
+        ]
+
+    def instance_tags(self, instance_id: str) -> InstanceTags:
+        tags = self._json(f"/instances/{_seg(instance_id)}/simplified-tags")
+        return InstanceTags(
+            sop_class_uid=str(tags.get("SOPClassUID", "")).strip(),
+            rows=_opt_int(tags.get("Rows")),
+            columns=_opt_int(tags.get("Columns")),
+            window_center=_opt(tags.get("WindowCenter")),
+            window_width=_opt(tags.get("WindowWidth")),
+            number_of_frames=_opt_int(tags.get("NumberOfFrames")) or 1,
+        )
+
+    def rendered(self, instance_id: str, max_side: int) -> bytes:
+        """Frame 0 with the file's own window applied, at most max_side on its longest side."""
+        params = {"width": max_side, "height": max_side}
+        path = f"/instances/{_seg(instance_id)}/rendered"
+        return self._send("GET", path, params=params, accept="image/jpeg").content
+
+    def preview(self, instance_id: str) -> bytes:
+        """Frame 0 stretched over its full range: visible even without window tags."""
+        path = f"/instances/{_seg(instance_id)}/preview"
+        return self._send("GET", path, params={"quality": 90}, accept="image/jpeg").content
+
+    def pdf(self, instance_id: str) -> bytes:
+        return self._send(
+            "GET", f"/instances/{_seg(instance_id)}/pdf", accept="application/pdf"
+        ).content
+
+
+def _series(item: Mapping[str, Any]) -> Series:
+    tags = item.get("MainDicomTags", {})
+    return Series(
+        orthanc_id=str(item["ID"]),
+        series_uid=str(tags.get("SeriesInstanceUID", "")),
+        number=_opt(tags.get("SeriesNumber")),
+        modality=str(tags.get("Modality", "")),
+        date=_opt(tags.get("SeriesDate")),
+        time=_opt(tags.get("SeriesTime")),
+        description=str(tags.get("SeriesDescription", "")),
+        instance_ids=tuple(str(i) for i in item.get("Instances", [])),
+    )
+
+
+def _opt(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _opt_int(value: Any) -> int | None:
+    text = _opt(value)
+    if text is None:
+        return None
+    try:
+        return int(float(text.split("\\")[0]))
+    except ValueError:
+        return None
+
+
+def _error_detail(response: httpx.Response) -> str:
+    # Orthanc's error JSON comes without a Content-Type, so parse it whatever the header says.
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        message = body.get("Details") or body.get("Message")
+        if message:
+            return f" ({message})"
+    return ""

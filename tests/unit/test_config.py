@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orthanc_openmrs.config import Viewer, load_settings
+from orthanc_openmrs.errors import ConfigError
+
+REQUIRED = {
+    "ORTHANC_PUBLIC_URL": "https://pacs.example.org/",
+    "OPENMRS_USER": "admin",
+    "OPENMRS_PASSWORD": "Admin123",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [
+        *REQUIRED,
+        "SYNC_WORKERS",
+        "EIP_FHIR_USERNAME",
+        "EIP_FHIR_PASSWORD",
+        "SYNC_VIEWER",
+        "SYNC_VIEWER_URL",
+        "SYNC_POLL_INTERVAL",
+        "ORTHANC_URL",
+    ]:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+    for key, value in {**REQUIRED, **extra}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the required settings only, the documented defaults apply."""
+    _env(monkeypatch)
+    s = load_settings()
+    assert s.orthanc_url == "http://localhost:8042"
+    assert s.orthanc_public_url == "https://pacs.example.org"
+    assert s.sync_viewer is Viewer.STONE
+    assert s.patient_tags == ("PatientID", "OtherPatientIDs")
+    assert s.sync_database == Path("orthanc-openmrs.sqlite3")
+    assert s.sync_poll_interval <= 5
+
+
+def test_missing_required_settings_are_named() -> None:
+    """Each missing required setting is named by its variable."""
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    for name in REQUIRED:
+        assert name in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ORTHANC_URL", "localhost:8042"),
+        ("ORTHANC_PUBLIC_URL", "https://x/?a=1"),
+        ("SYNC_WORKERS", "0"),
+        ("SYNC_POLL_INTERVAL", "-1"),
+        ("SYNC_VIEWER", "nope"),
+        ("SYNC_PATIENT_TAGS", "PatientName"),
+        ("SYNC_VIEWER_URL", "{public_url}/x"),
+        ("OPENMRS_PASSWORD", "a:b"),
+    ],
+)
+def test_invalid_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """An invalid value stops start-up with a message naming the setting, never the value."""
+    _env(monkeypatch, **{name: value})
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert name in info.value.message
+    assert "Admin123" not in info.value.message
+
+
+def test_custom_viewer_needs_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SYNC_VIEWER=custom without SYNC_VIEWER_URL is refused."""
+    _env(monkeypatch, SYNC_VIEWER="custom")
+    with pytest.raises(ConfigError, match="SYNC_VIEWER_URL"):
+        load_settings()
+
+
+def test_ozone_credential_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ozone's EIP_FHIR_USERNAME/PASSWORD work in place of OPENMRS_USER/PASSWORD."""
+    monkeypatch.setenv("ORTHANC_PUBLIC_URL", "http://p")
+    monkeypatch.setenv("EIP_FHIR_USERNAME", "svc")
+    monkeypatch.setenv("EIP_FHIR_PASSWORD", "pw")
+    s = load_settings()
+    assert s.openmrs_user == "svc"
+    assert s.openmrs_password.get_secret_value() == "pw"
+
+
+def test_precedence_flags_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Flags beat the environment, which beats the TOML file, which beats defaults."""
+    config = tmp_path / "c.toml"
+    config.write_text('sync_workers = 7\northanc_url = "http://file:1"\nsync_poll_interval = 2\n')
+    _env(monkeypatch, SYNC_POLL_INTERVAL="3")
+    s = load_settings(config, sync_workers=5)
+    assert (s.sync_workers, s.orthanc_url, s.sync_poll_interval) == (5, "http://file:1", 3)
+
+
+def test_unknown_key_in_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A misspelt key in the TOML file is an error naming it."""
+    config = tmp_path / "c.toml"
+    config.write_text("sync_wrokers = 2\n")
+    _env(monkeypatch)
+    with pytest.raises(ConfigError, match="sync_wrokers"):
+        load_settings(config)
+
+
+def test_unreadable_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A missing or broken TOML file is reported against --config."""
+    _env(monkeypatch)
+    with pytest.raises(ConfigError, match="--config"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("= nope")
+    with pytest.raises(ConfigError, match="--config"):
+        load_settings(bad)

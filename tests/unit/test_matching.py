@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from orthanc_openmrs.matching import MatchKind, candidate_ids, decide
+from orthanc_openmrs.models import OpenMRSPatient, PatientIdentifier
+
+OPENMRS_ID = "05a29f94-c0ed-11e2-94be-8c13b969e334"
+
+
+def _patient(uuid: str, *idents: tuple[str, str, bool], voided: bool = False) -> OpenMRSPatient:
+    return OpenMRSPatient(
+        uuid,
+        tuple(
+            PatientIdentifier(i, OPENMRS_ID if t == "OpenMRS ID" else "t2", t, v)
+            for i, t, v in idents
+        ),
+        voided=voided,
+    )
+
+
+def test_candidates_trim_padding_and_split_other_ids() -> None:
+    """Leading/trailing spaces go; OtherPatientIDs values split on backslash; no repeats."""
+    tags = {"PatientID": "  P001 ", "OtherPatientIDs": "A1\\ B2 \\\\P001"}
+    assert candidate_ids(tags, ("PatientID", "OtherPatientIDs")) == ("P001", "A1", "B2")
+
+
+def test_candidates_follow_configured_tags_only() -> None:
+    """Only the configured tags are read, in their order."""
+    tags = {"PatientID": "P1", "OtherPatientIDs": "O1"}
+    assert candidate_ids(tags, ("OtherPatientIDs",)) == ("O1",)
+    assert candidate_ids({}, ("PatientID",)) == ()
+
+
+def test_substring_hit_is_not_a_match() -> None:
+    """The fuzzy search's 12345 for 1234 is filtered out: unmatched."""
+    hits = {"1234": [_patient("p", ("12345", "OpenMRS ID", False))]}
+    decision = decide(["1234"], hits, frozenset())
+    assert decision.kind is MatchKind.UNMATCHED
+    assert "1234" in decision.reason
+
+
+def test_exact_identifier_matches() -> None:
+    """One patient with the identifier exactly: matched to that patient."""
+    hits = {
+        "1234": [
+            _patient("other", ("12345", "OpenMRS ID", False)),
+            _patient("p", ("1234", "OpenMRS ID", False)),
+        ]
+    }
+    decision = decide(["1234"], hits, frozenset())
+    assert (decision.kind, decision.patient_uuid) == (MatchKind.MATCHED, "p")
+
+
+def test_voided_identifier_or_patient_does_not_match() -> None:
+    """A voided identifier, or a voided patient, never matches."""
+    hits = {
+        "X1": [
+            _patient("a", ("X1", "OpenMRS ID", True)),
+            _patient("b", ("X1", "OpenMRS ID", False), voided=True),
+        ]
+    }
+    assert decide(["X1"], hits, frozenset()).kind is MatchKind.UNMATCHED
+
+
+def test_case_matters() -> None:
+    """Identifiers compare exactly, case included."""
+    hits = {"ab1": [_patient("a", ("AB1", "OpenMRS ID", False))]}
+    assert decide(["ab1"], hits, frozenset()).kind is MatchKind.UNMATCHED
+
+
+def test_two_patients_are_ambiguous() -> None:
+    """Two patients with the same identifier: ambiguous, naming both."""
+    hits = {
+        "X": [_patient("a", ("X", "OpenMRS ID", False)), _patient("b", ("X", "ID Card", False))]
+    }
+    decision = decide(["X"], hits, frozenset())
+    assert decision.kind is MatchKind.AMBIGUOUS
+    assert decision.patient_uuids == ("a", "b")
+
+
+def test_candidates_pointing_at_different_patients_are_ambiguous() -> None:
+    """PatientID names one patient and OtherPatientIDs another: ambiguous."""
+    hits = {
+        "P": [_patient("a", ("P", "OpenMRS ID", False))],
+        "O": [_patient("b", ("O", "OpenMRS ID", False))],
+    }
+    assert decide(["P", "O"], hits, frozenset()).kind is MatchKind.AMBIGUOUS
+
+
+def test_candidates_agreeing_on_one_patient_match() -> None:
+    """Two identifiers of the same patient: one match."""
+    patient = _patient("a", ("P", "OpenMRS ID", False), ("O", "ID Card", False))
+    decision = decide(["P", "O"], {"P": [patient], "O": [patient]}, frozenset())
+    assert (decision.kind, decision.patient_uuid) == (MatchKind.MATCHED, "a")
+
+
+def test_identifier_type_filter() -> None:
+    """With allowed types set, an identifier of another type does not count (by name or uuid)."""
+    hits = {
+        "X": [_patient("a", ("X", "ID Card", False)), _patient("b", ("X", "OpenMRS ID", False))]
+    }
+    assert decide(["X"], hits, frozenset({"OpenMRS ID"})).patient_uuid == "b"
+    assert decide(["X"], hits, frozenset({OPENMRS_ID})).patient_uuid == "b"
+    assert decide(["X"], hits, frozenset({"Passport"})).kind is MatchKind.UNMATCHED
+
+
+def test_no_candidates_is_unmatched() -> None:
+    """A study without any identifier value is unmatched, with that reason."""
+    decision = decide([], {}, frozenset())
+    assert decision.kind is MatchKind.UNMATCHED
+    assert "no patient identifier" in decision.reason
