@@ -64,7 +64,7 @@ def test_caption_has_human_part_and_link() -> None:
 
 
 def test_long_description_is_shortened_never_the_link() -> None:
-    """A long description is cut with an ellipsis; the caption is 255 units and ends with the link."""
+    """A long description is cut with an ellipsis; 255 units at most, ending with the link."""
     text = build_caption(LINK, ["CT"], "20240110", "X" * 400)
     assert text is not None
     assert java_length(text) <= 255
