@@ -123,7 +123,8 @@ def _configure_logging(verbose: bool) -> None:
 
 # -- wiring ------------------------------------------------------------------------------------
 @contextmanager
-def _service(settings: Settings, *, dry_run: bool = False) -> Iterator[Service]:
+def build_service(settings: Settings, *, dry_run: bool = False) -> Iterator[Service]:
+    """The service with its clients and store, closed on exit."""
     connections = settings.sync_workers * 2 + 2
     orthanc = OrthancClient(
         settings.orthanc_url,
@@ -164,7 +165,7 @@ def _secret(value: SecretStr) -> str:
 
 # -- commands ----------------------------------------------------------------------------------
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    with _service(settings, dry_run=args.dry_run) as service:
+    with build_service(settings, dry_run=args.dry_run) as service:
         service.openmrs.check_credentials()
         if args.study:
             for result in service.sync_now(args.study):
@@ -203,7 +204,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with _service(settings) as service:
+    with build_service(settings) as service:
         service.openmrs.check_credentials()
         structlog.get_logger("orthanc_openmrs").info(
             "service.started", orthanc=settings.orthanc_url, openmrs=settings.openmrs_url

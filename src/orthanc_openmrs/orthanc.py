@@ -177,9 +177,13 @@ class OrthancClient:
             number_of_frames=_opt_int(tags.get("NumberOfFrames")) or 1,
         )
 
-    def rendered(self, instance_id: str, max_side: int) -> bytes:
-        """Frame 0 with the file's own window applied, at most max_side on its longest side."""
-        params = {"width": max_side, "height": max_side}
+    def rendered(self, instance_id: str, max_side: int | None) -> bytes:
+        """Frame 0 with the file's own window applied, fitted into max_side when given.
+
+        Orthanc keeps the aspect ratio but also enlarges small images, so only pass a bound
+        for images larger than it.
+        """
+        params = {"width": max_side, "height": max_side} if max_side else None
         path = f"/instances/{_seg(instance_id)}/rendered"
         return self._send("GET", path, params=params, accept="image/jpeg").content
 

@@ -270,7 +270,9 @@ class StudySync:
     def _image(self, instance_id: str, tags: InstanceTags) -> Preview:
         image = None
         if selection.has_window(tags):
-            image = preview.open_image(self.orthanc.rendered(instance_id, self.options.max_side))
+            largest = max(tags.rows or 0, tags.columns or 0)
+            bound = self.options.max_side if largest > self.options.max_side else None
+            image = preview.open_image(self.orthanc.rendered(instance_id, bound))
             if preview.is_blank(image):
                 image = None  # a window that shows nothing: fall back to the full range
         if image is None:

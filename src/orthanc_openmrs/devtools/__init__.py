@@ -1,0 +1,1 @@
+"""Tools for tests and local trials: fake servers, data factories, real-server launchers."""
