@@ -24,7 +24,8 @@ def test_attaches_to_the_patient_with_that_identifier(orthanc, openmrs, database
     assert attachment.comment == f"CT 2024-01-10 CT CHEST - {link}"
     upload = [r for r in openmrs.requests if r.method == "POST"]
     assert len(upload) == 1
-    assert "visit" not in upload[0].query and "encounter" not in upload[0].query
+    assert "visit" not in upload[0].query
+    assert "encounter" not in upload[0].query
 
 
 def test_substring_identifier_does_not_match(orthanc, openmrs, database) -> None:
@@ -84,7 +85,8 @@ def test_two_patients_are_ambiguous_and_never_attached(orthanc, openmrs, databas
     row = ledger(settings).get(ids["dup"])
     assert row is not None
     assert row.state is State.AMBIGUOUS
-    assert first in row.reason and second in row.reason
+    assert first in row.reason
+    assert second in row.reason
     assert openmrs.attachments() == []
 
 
