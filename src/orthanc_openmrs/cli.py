@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--dry-run", action="store_true", help="report what would be attached; write nothing"
     )
+    sync.add_argument("--json", action="store_true", help="print the summary as JSON")
     sync.set_defaults(handler=_cmd_sync)
 
     status = commands.add_parser("status", help="counts by state, and what needs a person")
@@ -178,8 +179,34 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"  caption: {result.caption}")
             return EXIT_OK
         summary = service.run_pass()
-        _print_summary(summary, dry_run=args.dry_run)
+        requests = {"orthanc": service.orthanc.requests, "openmrs": service.openmrs.requests}
+        if args.json:
+            print(json.dumps(_summary_json(summary, requests, dry_run=args.dry_run), indent=2))
+        else:
+            _print_summary(summary, dry_run=args.dry_run)
+            print(f"\nHTTP requests: Orthanc {requests['orthanc']}, OpenMRS {requests['openmrs']}")
     return EXIT_OK
+
+
+def _summary_json(
+    summary: PassSummary, requests: dict[str, int], *, dry_run: bool
+) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "studies": summary.total,
+        "discovered": summary.discovered,
+        "counts": {o.value: summary.counts.get(o, 0) for o in Outcome},
+        "requests": requests,
+        "needs_a_person": [
+            {
+                "orthanc_id": r.orthanc_id,
+                "study_uid": r.study_uid,
+                "outcome": r.outcome.value,
+                "reason": r.reason,
+            }
+            for r in summary.problems
+        ],
+    }
 
 
 def _print_summary(summary: PassSummary, *, dry_run: bool) -> None:

@@ -6,6 +6,7 @@ idempotent request that loses that race is sent once more.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -52,6 +53,7 @@ class OrthancClient:
             transport=transport,
         )
         self.requests = 0
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._client.close()
@@ -67,7 +69,8 @@ class OrthancClient:
         content: bytes | None = None,
     ) -> httpx.Response:
         for attempt in (1, 2):
-            self.requests += 1
+            with self._lock:
+                self.requests += 1
             try:
                 response = self._client.request(
                     method, path, params=params, headers={"Accept": accept}, content=content

@@ -292,6 +292,9 @@ class Store:
             _row(r) for r in self._query("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
         ]
 
+    def all_studies(self) -> list[StudyRow]:
+        return [_row(r) for r in self._query("SELECT * FROM studies ORDER BY discovered_at")]
+
     def counts(self) -> dict[State, int]:
         rows = self._query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")
         counts = {state: 0 for state in State}
