@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import getpass
 import json
 import logging
 import signal
@@ -10,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +22,12 @@ from pydantic import SecretStr
 from orthanc_openmrs import __version__
 from orthanc_openmrs.config import Settings, env_name, load_settings
 from orthanc_openmrs.errors import ConfigError, CredentialsRefused, SyncError
-from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State
+from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.retry import Backoff
 from orthanc_openmrs.service import PassSummary, Service, ServiceOptions
-from orthanc_openmrs.store import Store
+from orthanc_openmrs.store import Store, StudyRow
 from orthanc_openmrs.sync import SyncOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
@@ -74,9 +77,46 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_status)
 
-    for sub in (run, sync, status):
+    reconcile = commands.add_parser(
+        "reconcile", help="one sweep: compare Orthanc with the ledger; void deleted studies"
+    )
+    reconcile.set_defaults(handler=_cmd_reconcile)
+
+    review = commands.add_parser("review", help="the studies a person must decide about")
+    review.add_argument("--json", action="store_true", help="machine-readable output")
+    review.set_defaults(handler=_cmd_review)
+
+    link = commands.add_parser("link", help="attach a study to the patient a person chose")
+    link.add_argument("study", metavar="STUDY", help="StudyInstanceUID or Orthanc ID")
+    link.add_argument("patient", metavar="PATIENT_UUID", help="the OpenMRS patient's uuid")
+    link.add_argument("--by", default=_who(), help="who decided (default: the current user)")
+    link.set_defaults(handler=_cmd_link)
+
+    retry = commands.add_parser("retry", help="try a study again now (also an ignored one)")
+    retry.add_argument("study", metavar="STUDY", help="StudyInstanceUID or Orthanc ID")
+    retry.set_defaults(handler=_cmd_retry)
+
+    ignore = commands.add_parser("ignore", help="leave a study alone from now on")
+    ignore.add_argument("study", metavar="STUDY", help="StudyInstanceUID or Orthanc ID")
+    ignore.add_argument("--reason", default="no reason given", help="why, for the audit trail")
+    ignore.add_argument("--by", default=_who(), help="who decided (default: the current user)")
+    ignore.set_defaults(handler=_cmd_ignore)
+
+    audit = commands.add_parser("audit", help="every change the service made in OpenMRS")
+    audit.add_argument("--study", metavar="ID", help="only this study (UID or Orthanc ID)")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.set_defaults(handler=_cmd_audit)
+
+    for sub in (run, sync, status, reconcile, review, link, retry, ignore, audit):
         _add_setting_flags(sub)
     return parser
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +192,8 @@ def build_service(settings: Settings, *, dry_run: bool = False) -> Iterator[Serv
                 workers=settings.sync_workers,
                 backoff=Backoff(settings.sync_retry_min, settings.sync_retry_max),
                 poll_interval=settings.sync_poll_interval,
+                reconcile_interval=settings.sync_reconcile_interval,
+                keep_deleted=settings.sync_keep_deleted,
             ),
         )
     finally:
@@ -169,14 +211,7 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     with build_service(settings, dry_run=args.dry_run) as service:
         service.openmrs.check_credentials()
         if args.study:
-            for result in service.sync_now(args.study):
-                print(f"{result.outcome.value}: {result.study_uid or result.orthanc_id}")
-                if result.reason:
-                    print(f"  reason: {result.reason}")
-                if result.patient_uuid:
-                    print(f"  patient: {result.patient_uuid}")
-                if result.caption:
-                    print(f"  caption: {result.caption}")
+            _print_results(service.sync_now(args.study))
             return EXIT_OK
         summary = service.run_pass()
         requests = {"orthanc": service.orthanc.requests, "openmrs": service.openmrs.requests}
@@ -280,4 +315,112 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             retry = "retried automatically" if r.next_attempt_at is not None else "not retried"
             print(f"  {r.state.value:<10} {r.study_uid or r.orthanc_id} ({retry})")
             print(f"             {r.reason}")
+    return EXIT_OK
+
+
+def _print_results(results: Sequence[StudyResult]) -> None:
+    for result in results:
+        print(f"{result.outcome.value}: {result.study_uid or result.orthanc_id}")
+        if result.reason:
+            print(f"  reason: {result.reason}")
+        if result.patient_uuid:
+            print(f"  patient: {result.patient_uuid}")
+        if result.caption:
+            print(f"  caption: {result.caption}")
+
+
+def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    with build_service(settings) as service:
+        service.openmrs.check_credentials()
+        sweep = service.reconcile()
+        summary = service.run_pass()
+    print(
+        f"Reconciled: {sweep.seen} studies in Orthanc, {sweep.new} not known before, "
+        f"{sweep.deleted} deleted from Orthanc ({sweep.voided} attachments voided)"
+    )
+    _print_summary(summary, dry_run=False)
+    return EXIT_OK
+
+
+def _cmd_review(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.sync_database)
+    try:
+        rows = store.needing_a_person()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([_review_item(r) for r in rows], indent=2))
+        return EXIT_OK
+    if not rows:
+        print("Nothing needs a person.")
+    for r in rows:
+        print(f"{r.state.value.upper()}  {r.study_uid or r.orthanc_id}  (Orthanc {r.orthanc_id})")
+        print(f"  reason:   {r.reason}")
+        print(
+            f"  DICOM:    PatientID {r.dicom_patient_id!r}, name {r.patient_name!r}, "
+            f"born {r.birth_date or '?'}"
+        )
+        print(f"  study:    {r.study_date or '?'} {r.description}")
+        for candidate in r.candidate_patients:
+            print(f"  candidate patient: {candidate}")
+        print(
+            f"  decide:   orthanc-openmrs link {r.orthanc_id} PATIENT_UUID  |  "
+            f"retry {r.orthanc_id}  |  ignore {r.orthanc_id}\n"
+        )
+    return EXIT_OK
+
+
+def _review_item(r: StudyRow) -> dict[str, Any]:
+    return {
+        "orthanc_id": r.orthanc_id,
+        "study_uid": r.study_uid,
+        "state": r.state.value,
+        "reason": r.reason,
+        "patient_id": r.dicom_patient_id,
+        "patient_name": r.patient_name,
+        "birth_date": r.birth_date,
+        "study_date": r.study_date,
+        "description": r.description,
+        "candidate_patients": list(r.candidate_patients),
+        "attempts": r.attempts,
+    }
+
+
+def _cmd_link(args: argparse.Namespace, settings: Settings) -> int:
+    with build_service(settings) as service:
+        service.openmrs.check_credentials()
+        _print_results(service.link(args.study, args.patient, args.by))
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    with build_service(settings) as service:
+        service.openmrs.check_credentials()
+        _print_results(service.sync_now(args.study, reset=True))
+    return EXIT_OK
+
+
+def _cmd_ignore(args: argparse.Namespace, settings: Settings) -> int:
+    with build_service(settings) as service:
+        for row in service.ignore(args.study, args.by, args.reason):
+            print(f"ignored: {row.study_uid or row.orthanc_id} ({row.reason})")
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.sync_database)
+    try:
+        rows = store.audit(args.study)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return EXIT_OK
+    for r in rows:
+        when = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{when}Z  {r.action:<7} study {r.study_uid or r.orthanc_id}  "
+            f"patient {r.patient_uuid or '-'}  attachment {r.attachment_uuid or '-'}  "
+            f"{r.reason}"
+        )
     return EXIT_OK

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         60.0, ge=0, description="First retry delay (seconds) of a study that could not sync"
     )
     sync_retry_max: float = Field(3600.0, ge=0, description="Longest retry delay (seconds)")
+    sync_reconcile_interval: float = Field(
+        600.0, gt=0, description="Seconds between reconciliation sweeps in run"
+    )
+    sync_keep_deleted: bool = Field(
+        False, description="Keep the attachment of a study deleted from Orthanc (default: void it)"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -46,16 +46,30 @@ class StoreError(SyncError):
     """The state database failed."""
 
 
+# Answers that say "the server is not there right now" rather than "this request failed".
+_UNAVAILABLE = frozenset({429, 502, 503, 504})
+
+
 class ServerError(SyncError):
-    """A remote server failed; transport errors, 5xx and 429 are retryable, 4xx are not."""
+    """A remote server failed; transport errors, 5xx and 429 are retryable, 4xx are not.
+
+    `unavailable` marks failures of the server as a whole (connection refused, 502/503/504, 429):
+    the loop then backs off instead of charging each study with a failed attempt.
+    """
 
     def __init__(
-        self, message: str, *, status: int | None = None, retryable: bool | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool | None = None,
+        unavailable: bool | None = None,
     ) -> None:
         if retryable is None:
             retryable = status is None or status >= 500 or status == 429
         super().__init__(message, retryable=retryable)
         self.status = status
+        self.unavailable = status in _UNAVAILABLE if unavailable is None else unavailable
 
 
 class CredentialsRefused(ServerError):

@@ -124,11 +124,13 @@ class Outcome(enum.Enum):
 
     SYNCED = "synced"
     ALREADY_THERE = "already there"
+    REPLACED = "replaced"
     UNMATCHED = "unmatched"
     AMBIGUOUS = "ambiguous"
     FAILED = "failed"
     NOT_STABLE = "not stable"
     GONE = "gone"
+    SUPERSEDED = "superseded"
 
 
 class State(enum.Enum):
@@ -140,9 +142,35 @@ class State(enum.Enum):
     AMBIGUOUS = "ambiguous"
     FAILED = "failed"
     GONE = "gone"
+    IGNORED = "ignored"  # a person said: leave this study alone
+    SUPERSEDED = "superseded"  # the same StudyInstanceUID lives on under a newer Orthanc identity
 
 
 NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.FAILED)
+
+
+@dataclass(frozen=True)
+class Voided:
+    """An attachment the attempt voided in OpenMRS, and why."""
+
+    attachment_uuid: str
+    patient_uuid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What the ledger knew of a study before this attempt."""
+
+    state: State
+    patient_uuid: str = ""
+    attachment_uuid: str = ""
+    instance_id: str = ""
+    manual_patient_uuid: str = ""
+
+    @property
+    def synced(self) -> bool:
+        return self.state is State.SYNCED and bool(self.attachment_uuid)
 
 
 @dataclass(frozen=True)
@@ -161,3 +189,11 @@ class StudyResult:
     caption: str = ""
     last_update: str = ""
     candidates: tuple[str, ...] = ()
+    # DICOM identity, for the people who review what could not be matched
+    patient_name: str = ""
+    birth_date: str = ""
+    study_date: str = ""
+    description: str = ""
+    candidate_patients: tuple[str, ...] = ()  # "uuid display" of each matching patient
+    voided: tuple[Voided, ...] = ()
+    created: bool = False  # this attempt uploaded the attachment

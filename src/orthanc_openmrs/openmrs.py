@@ -19,6 +19,7 @@ import httpx
 
 from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
 from orthanc_openmrs.models import Attachment, OpenMRSPatient, PatientIdentifier, Preview
+from orthanc_openmrs.transport import describe, unreachable
 
 REST = "/ws/rest/v1"
 FHIR = "/ws/fhir2/R4"
@@ -73,7 +74,9 @@ class OpenMRSClient:
                     raise OpenMRSError(f"OpenMRS GET {path}: {exc}") from exc
                 continue
             except httpx.HTTPError as exc:
-                raise OpenMRSError(f"OpenMRS GET {path}: {type(exc).__name__}: {exc}") from exc
+                raise OpenMRSError(
+                    describe("OpenMRS", "GET", path, exc), unavailable=unreachable(exc)
+                ) from exc
             if response.status_code == 401 and had_session and attempt == 1:
                 # "Session timed out": the cookie is stale, not the credentials.
                 self._client.cookies.clear()
@@ -148,6 +151,18 @@ class OpenMRSClient:
             path = FHIR + url.path.split(FHIR, 1)[-1] if FHIR in url.path else f"{FHIR}/Patient"
             params = dict(url.params)
 
+    def get_patient(self, patient_uuid: str) -> OpenMRSPatient:
+        """One patient by uuid; an unknown uuid is an error naming it."""
+        try:
+            data = self._get(f"{REST}/patient/{quote(patient_uuid, safe='')}", {"v": _PATIENT_REP})
+        except OpenMRSError as exc:
+            if exc.status == 404:
+                raise OpenMRSError(
+                    f"OpenMRS has no patient {patient_uuid}", status=404, retryable=False
+                ) from exc
+            raise
+        return _rest_patient(data)
+
     # -- attachments -----------------------------------------------------------------------
     def attachments(self, patient_uuid: str) -> Iterator[Attachment]:
         """All of the patient's attachments, newest first, every page."""
@@ -179,12 +194,12 @@ class OpenMRSClient:
                 files={"file": (preview.filename, preview.data, preview.mime_type)},
                 headers={"Accept": "application/json"},
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise OpenMRSError(f"OpenMRS POST {path}: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise UploadOutcomeUnknown(
-                f"OpenMRS POST {path}: {type(exc).__name__}: {exc or 'no response'}"
-            ) from exc
+            if unreachable(exc):  # never sent: nothing can have been stored
+                raise OpenMRSError(
+                    describe("OpenMRS", "POST", path, exc), unavailable=True
+                ) from exc
+            raise UploadOutcomeUnknown(describe("OpenMRS", "POST", path, exc)) from exc
         if response.status_code == 401 and had_session:
             self._client.cookies.clear()
             raise UploadOutcomeUnknown(
@@ -203,7 +218,9 @@ class OpenMRSClient:
         try:
             response = self._client.delete(path, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise OpenMRSError(f"OpenMRS DELETE {path}: {type(exc).__name__}: {exc}") from exc
+            raise OpenMRSError(
+                describe("OpenMRS", "DELETE", path, exc), unavailable=unreachable(exc)
+            ) from exc
         self._raise_for(path, "DELETE", response)
 
 

@@ -20,6 +20,7 @@ from orthanc_openmrs.errors import (
     OrthancUnsupported,
 )
 from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, Series, Study
+from orthanc_openmrs.transport import describe, unreachable
 
 KEEPALIVE_EXPIRY = 0.8
 _JSON = "application/json"
@@ -81,7 +82,9 @@ class OrthancClient:
                     raise OrthancError(f"Orthanc {method} {path}: {exc}") from exc
                 continue
             except httpx.HTTPError as exc:
-                raise OrthancError(f"Orthanc {method} {path}: {type(exc).__name__}: {exc}") from exc
+                raise OrthancError(
+                    describe("Orthanc", method, path, exc), unavailable=unreachable(exc)
+                ) from exc
             return self._check(method, path, response)
         raise AssertionError("unreachable")  # pragma: no cover
 

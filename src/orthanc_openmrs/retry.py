@@ -45,10 +45,12 @@ def plan(result: StudyResult, attempts: int, now: float, backoff: Backoff, jitte
     """
     later = now + backoff.delay(attempts, jitter)
     match result.outcome:
-        case Outcome.SYNCED | Outcome.ALREADY_THERE:
+        case Outcome.SYNCED | Outcome.ALREADY_THERE | Outcome.REPLACED:
             return Plan(State.SYNCED, None)
         case Outcome.GONE:
             return Plan(State.GONE, None)
+        case Outcome.SUPERSEDED:
+            return Plan(State.SUPERSEDED, None)
         case Outcome.UNMATCHED:
             return Plan(State.UNMATCHED, later)
         case Outcome.AMBIGUOUS:
@@ -57,3 +59,4 @@ def plan(result: StudyResult, attempts: int, now: float, backoff: Backoff, jitte
             return Plan(State.PENDING, now + UNSTABLE_RECHECK)
         case Outcome.FAILED:
             return Plan(State.FAILED, later if result.retryable else None)
+    raise AssertionError(f"no plan for {result.outcome}")  # pragma: no cover

@@ -1,4 +1,5 @@
-"""The loop: find studies (catch-up, then the changes feed), schedule attempts, record results.
+"""The loop: find studies (catch-up, then the changes feed), schedule attempts, record results,
+and reconcile the ledger with what Orthanc really holds.
 
 Memory stays flat whatever the backlog: the ledger holds the queue, and only a bounded batch of
 study IDs is in flight at once.
@@ -17,12 +18,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
-from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
-from orthanc_openmrs.models import Outcome, StudyResult
+from orthanc_openmrs.errors import ConfigError, CredentialsRefused, OrthancNotFound, ServerError
+from orthanc_openmrs.models import Outcome, State, StudyResult, Voided
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
-from orthanc_openmrs.store import BACKLOG, LIVE, Store
+from orthanc_openmrs.store import BACKLOG, LIVE, AuditRow, Store, StudyRow
 from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions
 
 log = structlog.get_logger("orthanc_openmrs")
@@ -30,6 +31,7 @@ log = structlog.get_logger("orthanc_openmrs")
 CHANGES_PAGE = 1000
 STUDIES_PAGE = 1000
 _EXAMPLES_KEPT = 50
+_PROBLEMS = (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.FAILED)
 
 Clock = Callable[[], float]
 
@@ -45,9 +47,7 @@ class PassSummary:
 
     def add(self, result: StudyResult) -> None:
         self.counts[result.outcome] += 1
-        if result.outcome in (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.FAILED) and (
-            len(self.problems) < _EXAMPLES_KEPT
-        ):
+        if result.outcome in _PROBLEMS and len(self.problems) < _EXAMPLES_KEPT:
             self.problems.append(result)
 
     @property
@@ -56,10 +56,20 @@ class PassSummary:
 
 
 @dataclass(frozen=True)
+class SweepSummary:
+    seen: int
+    new: int
+    deleted: int
+    voided: int
+
+
+@dataclass(frozen=True)
 class ServiceOptions:
     workers: int
     backoff: Backoff
     poll_interval: float
+    reconcile_interval: float = 600.0
+    keep_deleted: bool = False
 
 
 class Service:
@@ -82,21 +92,19 @@ class Service:
         self.options = options
         self._clock = clock
         self._jitter = jitter
-        self._on_result = on_result
+        self.on_result = on_result
 
     # -- discovery -------------------------------------------------------------------------
     def discover(self) -> int:
         """Catch up with what Orthanc already holds (first start), then follow its changes."""
         found = 0
-        cursor = self.store.cursor()
-        if cursor is None:
+        if self.store.cursor() is None:
             # Changes after this mark are followed; everything before is found by the catch-up.
             self.store.advance_cursor(self.orthanc.high_water_mark())
         if not self.store.catchup_done():
             found += self._catch_up()
             self.store.mark_catchup_done()
-        found += self._follow_changes()
-        return found
+        return found + self._follow_changes()
 
     def _catch_up(self) -> int:
         found, offset, now = 0, 0, self._clock()
@@ -133,7 +141,11 @@ class Service:
 
     # -- passes ----------------------------------------------------------------------------
     def run_pass(self, stop: threading.Event | None = None) -> PassSummary:
-        """Sync every due study once. Credential refusals end the pass at once and propagate."""
+        """Sync every due study once.
+
+        Refused credentials and an unavailable server end the pass at once and propagate; the
+        studies not yet done stay due, charged with nothing.
+        """
         started = self._clock()
         summary = PassSummary()
         summary.discovered = self.discover()
@@ -145,16 +157,17 @@ class Service:
             try:
                 while not (stop and stop.is_set()):
                     if self._clock() - last_poll >= self.options.poll_interval:
-                        summary.discovered += self._follow_changes()
+                        summary.discovered += self._follow_changes()  # new studies go first
                         last_poll = self._clock()
                     if len(inflight) < window:
-                        for orthanc_id in self.store.claim_due(
+                        for row in self.store.claim_due(
                             self._clock(),
                             window - len(inflight),
                             exclude=set(inflight.values()),
                             not_tried_since=started,
                         ):
-                            inflight[pool.submit(syncer.sync, orthanc_id)] = orthanc_id
+                            future = pool.submit(syncer.sync, row.orthanc_id, row.prior)
+                            inflight[future] = row.orthanc_id
                     if not inflight:
                         break
                     done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -169,38 +182,6 @@ class Service:
             summary.interrupted = "stopped"
         return summary
 
-    def sync_now(self, reference: str) -> list[StudyResult]:
-        """One study now, by Orthanc ID or StudyInstanceUID, whatever its schedule."""
-        if is_orthanc_id(reference):
-            ids = [reference]
-        elif is_valid_uid(reference):
-            ids = self.orthanc.lookup_study_uid(reference)
-            if not ids:
-                raise ConfigError(f"--study: Orthanc holds no study with UID {reference}")
-        else:
-            raise ConfigError(f"--study: {reference!r} is neither an Orthanc ID nor a DICOM UID")
-        syncer = self._syncer()
-        results = []
-        for orthanc_id in ids:
-            row = self.store.get(orthanc_id)
-            self.store.make_due(orthanc_id, self._clock())
-            if row is not None and row.attachment_uuid and row.state.value == "synced":
-                result = StudyResult(
-                    orthanc_id,
-                    Outcome.ALREADY_THERE,
-                    "already synced",
-                    study_uid=row.study_uid,
-                    patient_uuid=row.patient_uuid,
-                    attachment_uuid=row.attachment_uuid,
-                    caption=row.caption,
-                    instance_id=row.instance_id,
-                )
-            else:
-                result = syncer.sync(orthanc_id)
-            self._record(result, PassSummary())
-            results.append(result)
-        return results
-
     def _syncer(self) -> StudySync:
         search = (
             self.openmrs.find_patients_fhir
@@ -209,11 +190,11 @@ class Service:
         )
         return StudySync(self.orthanc, self.openmrs, self.sync_options, PatientCache(search))
 
+    # -- recording -------------------------------------------------------------------------
     def _record(self, result: StudyResult, summary: PassSummary) -> None:
         now = self._clock()
+        summary.add(result)
         if self.sync_options.dry_run:
-            summary.add(result)
-            self.store.record_waiting(result.orthanc_id, now + UNSTABLE_RECHECK, now)
             self._report(result)
             return
         row = self.store.get(result.orthanc_id)
@@ -223,8 +204,65 @@ class Service:
             self.store.record_waiting(result.orthanc_id, decision.next_attempt_at or now, now)
         else:
             self.store.record(result, decision.state, now, decision.next_attempt_at)
-        summary.add(result)
+        if result.created:
+            self._audit(
+                result, "create", result.attachment_uuid, result.patient_uuid, result.reason
+            )
+        for item in result.voided:
+            self._audit(result, "void", item.attachment_uuid, item.patient_uuid, item.reason)
+        if decision.state is State.SYNCED:
+            self._supersede_others(result)
         self._report(result)
+
+    def _audit(
+        self, result: StudyResult, action: str, attachment: str, patient: str, reason: str
+    ) -> None:
+        self.store.add_audit(
+            AuditRow(
+                self._clock(),
+                result.orthanc_id,
+                result.study_uid,
+                action,
+                patient,
+                attachment,
+                reason,
+            )
+        )
+
+    def _supersede_others(self, result: StudyResult) -> None:
+        """One StudyInstanceUID, one attachment: older Orthanc identities of the same study (a
+        corrected PatientID) give up theirs, voided when it sits on another chart."""
+        for other in self.store.synced_with_uid(result.study_uid):
+            if other.orthanc_id == result.orthanc_id:
+                continue
+            reason = f"superseded by Orthanc study {result.orthanc_id}"
+            if other.attachment_uuid and other.attachment_uuid != result.attachment_uuid:
+                why = f"the study now belongs to patient {result.patient_uuid}"
+                self._void(other.attachment_uuid, other.patient_uuid)
+                self._audit(
+                    StudyResult(other.orthanc_id, Outcome.SUPERSEDED, study_uid=other.study_uid),
+                    "void",
+                    other.attachment_uuid,
+                    other.patient_uuid,
+                    why,
+                )
+            self.store.set_state(other.orthanc_id, State.SUPERSEDED, reason, self._clock())
+            log.info(
+                "study.superseded",
+                orthanc_id=other.orthanc_id,
+                study_uid=other.study_uid,
+                by=result.orthanc_id,
+            )
+
+    def _void(self, attachment_uuid: str, patient_uuid: str) -> None:
+        try:
+            self.openmrs.void_attachment(attachment_uuid)
+        except ServerError as exc:
+            # An attachment someone already purged gives a 500 too: gone is what we wanted.
+            if exc.status != 500 or any(
+                a.uuid == attachment_uuid for a in self.openmrs.attachments(patient_uuid)
+            ):
+                raise
 
     def _report(self, result: StudyResult) -> None:
         event = "study." + result.outcome.value.replace(" ", "_")
@@ -234,19 +272,157 @@ class Service:
             "patient_uuid": result.patient_uuid or None,
             "attachment_uuid": result.attachment_uuid or None,
         }
-        if result.outcome in (Outcome.SYNCED, Outcome.ALREADY_THERE, Outcome.NOT_STABLE):
-            log.info(event, **fields)
-        else:
+        if result.outcome in _PROBLEMS:
             log.warning(event, reason=result.reason, **fields)
-        if self._on_result:
-            self._on_result(result)
+        else:
+            log.info(event, **fields)
+        if self.on_result:
+            self.on_result(result)
+
+    # -- one study, by a person ------------------------------------------------------------
+    def resolve(self, reference: str) -> list[str]:
+        """Orthanc IDs for an Orthanc ID or a StudyInstanceUID (the ledger's and Orthanc's)."""
+        if is_orthanc_id(reference):
+            return [reference]
+        if not is_valid_uid(reference):
+            raise ConfigError(f"{reference!r} is neither an Orthanc ID nor a StudyInstanceUID")
+        ids = [row.orthanc_id for row in self.store.find(reference)]
+        ids += [i for i in self.orthanc.lookup_study_uid(reference) if i not in ids]
+        if not ids:
+            raise ConfigError(
+                f"no study with StudyInstanceUID {reference} in Orthanc or the ledger"
+            )
+        return ids
+
+    def sync_now(self, reference: str, *, reset: bool = False) -> list[StudyResult]:
+        """One study now, whatever its schedule; `reset` also brings back an ignored study."""
+        results = []
+        syncer = self._syncer()
+        for orthanc_id in self.resolve(reference):
+            self.store.make_due(orthanc_id, self._clock(), reset=reset)
+            row = self.store.get(orthanc_id)
+            if row is not None and row.state in (State.IGNORED, State.SUPERSEDED):
+                results.append(
+                    StudyResult(
+                        orthanc_id,
+                        Outcome.ALREADY_THERE,
+                        f"{row.state.value}: {row.reason}",
+                        study_uid=row.study_uid,
+                    )
+                )
+                continue
+            result = syncer.sync(orthanc_id, row.prior if row else None)
+            self._record(result, PassSummary())
+            results.append(result)
+        return results
+
+    def link(self, reference: str, patient_uuid: str, by: str) -> list[StudyResult]:
+        """A person's decision: this study belongs to that patient."""
+        self.openmrs.get_patient(patient_uuid)  # refuses an unknown uuid before anything changes
+        ids = self.resolve(reference)
+        for orthanc_id in ids:
+            self.store.link_manually(orthanc_id, patient_uuid, by, self._clock())
+            row = self.store.get(orthanc_id)
+            self._audit(
+                StudyResult(orthanc_id, Outcome.SYNCED, study_uid=row.study_uid if row else ""),
+                "link",
+                "",
+                patient_uuid,
+                f"linked by {by}",
+            )
+        return [r for i in ids for r in self.sync_now(i)]
+
+    def ignore(self, reference: str, by: str, reason: str) -> list[StudyRow]:
+        rows = []
+        for orthanc_id in self.resolve(reference):
+            self.store.make_due(orthanc_id, self._clock())
+            self.store.set_state(
+                orthanc_id, State.IGNORED, f"ignored by {by}: {reason}", self._clock()
+            )
+            row = self.store.get(orthanc_id)
+            if row:
+                self._audit(
+                    StudyResult(orthanc_id, Outcome.FAILED, study_uid=row.study_uid),
+                    "ignore",
+                    row.attachment_uuid,
+                    row.patient_uuid,
+                    row.reason,
+                )
+                rows.append(row)
+        return rows
+
+    # -- reconciliation --------------------------------------------------------------------
+    def reconcile(self) -> SweepSummary:
+        """One sweep of Orthanc's study list against the ledger: finds studies the changes feed
+        missed, studies waiting for a StableStudy that will never come, and deleted studies
+        (their attachments are voided unless SYNC_KEEP_DELETED). One request per 1000 studies,
+        plus one per study that has disappeared."""
+        sweep = self.store.begin_sweep()
+        seen = new = offset = 0
+        while True:
+            ids = self.orthanc.study_ids(offset, STUDIES_PAGE)
+            if not ids:
+                break
+            new += self.store.mark_seen(ids, sweep, self._clock())
+            seen += len(ids)
+            offset += len(ids)
+        deleted = voided = 0
+        for row in self.store.unseen(sweep):
+            gone, void = self._forget_if_deleted(row)
+            deleted += gone
+            voided += void
+        for uid in self.store.uids_synced_twice():
+            newest = self.store.synced_with_uid(uid)[0]
+            self._supersede_others(
+                StudyResult(
+                    newest.orthanc_id,
+                    Outcome.SYNCED,
+                    study_uid=uid,
+                    patient_uuid=newest.patient_uuid,
+                    attachment_uuid=newest.attachment_uuid,
+                )
+            )
+        self.store.finish_sweep(self._clock())
+        summary = SweepSummary(seen=seen, new=new, deleted=deleted, voided=voided)
+        log.info("reconcile.done", seen=seen, new=new, deleted=deleted, voided=voided)
+        return summary
+
+    def _forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
+        try:
+            self.orthanc.study(row.orthanc_id)
+        except OrthancNotFound:
+            pass
+        else:
+            return 0, 0  # added after the sweep listed its page
+        voided = 0
+        reason = "deleted from Orthanc"
+        if row.state is State.SYNCED and row.attachment_uuid and not self.options.keep_deleted:
+            self._void(row.attachment_uuid, row.patient_uuid)
+            self._audit(
+                StudyResult(row.orthanc_id, Outcome.GONE, study_uid=row.study_uid),
+                "void",
+                row.attachment_uuid,
+                row.patient_uuid,
+                reason,
+            )
+            voided = 1
+        elif row.state is State.SYNCED and row.attachment_uuid:
+            reason += "; its attachment is kept (SYNC_KEEP_DELETED)"
+        self.store.set_state(row.orthanc_id, State.GONE, reason, self._clock())
+        log.info(
+            "study.deleted", orthanc_id=row.orthanc_id, study_uid=row.study_uid, voided=bool(voided)
+        )
+        return 1, voided
 
     # -- long-running ----------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:
-        """Poll, sync what is due, sleep; back off while a server is down; never busy-loop."""
+        """Poll, sync what is due, reconcile now and then, sleep; back off while a server is
+        unavailable; never busy-loop, never exit but on a stop or refused credentials."""
         failures = 0
         while not stop.is_set():
             try:
+                if self._clock() - self.store.last_reconcile() >= self.options.reconcile_interval:
+                    self.reconcile()
                 self.run_pass(stop)
                 failures = 0
                 delay = self.options.poll_interval
@@ -254,14 +430,10 @@ class Service:
                 raise
             except ServerError as exc:
                 failures += 1
-                delay = max(
-                    self.options.poll_interval,
-                    Backoff(self.options.poll_interval, 300.0).delay(failures, self._jitter()),
-                )
+                backoff = Backoff(max(self.options.poll_interval, 1.0), 300.0)
+                delay = backoff.delay(failures, self._jitter())
                 log.warning("service.backoff", reason=exc.message, retry_in=round(delay, 1))
             stop.wait(delay)
 
 
-def check_openmrs(openmrs: OpenMRSClient) -> None:
-    """Refused credentials stop everything before the first study (no lockout by retries)."""
-    openmrs.check_credentials()
+__all__ = ["PassSummary", "Service", "ServiceOptions", "SweepSummary", "Voided"]

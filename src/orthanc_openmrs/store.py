@@ -5,38 +5,49 @@ Only the thread that created the store uses it; workers hand their results back 
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from orthanc_openmrs.errors import StoreError
-from orthanc_openmrs.models import NEEDS_A_PERSON, State, StudyResult
+from orthanc_openmrs.models import NEEDS_A_PERSON, Prior, State, StudyResult
 
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
-    orthanc_id        TEXT PRIMARY KEY,
-    study_uid         TEXT NOT NULL DEFAULT '',
-    state             TEXT NOT NULL,
-    reason            TEXT NOT NULL DEFAULT '',
-    retryable         INTEGER NOT NULL DEFAULT 1,
-    priority          INTEGER NOT NULL DEFAULT 1,
-    dicom_patient_id  TEXT NOT NULL DEFAULT '',
-    patient_uuid      TEXT NOT NULL DEFAULT '',
-    attachment_uuid   TEXT NOT NULL DEFAULT '',
-    instance_id       TEXT NOT NULL DEFAULT '',
-    caption           TEXT NOT NULL DEFAULT '',
-    candidates        TEXT NOT NULL DEFAULT '',
+    orthanc_id          TEXT PRIMARY KEY,
+    study_uid           TEXT NOT NULL DEFAULT '',
+    state               TEXT NOT NULL,
+    reason              TEXT NOT NULL DEFAULT '',
+    retryable           INTEGER NOT NULL DEFAULT 1,
+    priority            INTEGER NOT NULL DEFAULT 1,
+    recheck             INTEGER NOT NULL DEFAULT 0,
+    dicom_patient_id    TEXT NOT NULL DEFAULT '',
+    patient_name        TEXT NOT NULL DEFAULT '',
+    birth_date          TEXT NOT NULL DEFAULT '',
+    study_date          TEXT NOT NULL DEFAULT '',
+    description         TEXT NOT NULL DEFAULT '',
+    candidates          TEXT NOT NULL DEFAULT '',
+    candidate_patients  TEXT NOT NULL DEFAULT '[]',
+    patient_uuid        TEXT NOT NULL DEFAULT '',
+    manual_patient_uuid TEXT NOT NULL DEFAULT '',
+    linked_by           TEXT NOT NULL DEFAULT '',
+    linked_at           REAL,
+    attachment_uuid     TEXT NOT NULL DEFAULT '',
+    instance_id         TEXT NOT NULL DEFAULT '',
+    caption             TEXT NOT NULL DEFAULT '',
     orthanc_last_update TEXT NOT NULL DEFAULT '',
-    attempts          INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at   REAL,
-    last_attempt_at   REAL,
-    discovered_at     REAL NOT NULL,
-    updated_at        REAL NOT NULL,
-    synced_at         REAL
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     REAL,
+    last_attempt_at     REAL,
+    seen_sweep          INTEGER NOT NULL DEFAULT 0,
+    discovered_at       REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    synced_at           REAL
 );
 CREATE INDEX IF NOT EXISTS studies_due ON studies (priority, next_attempt_at)
     WHERE next_attempt_at IS NOT NULL;
@@ -57,6 +68,8 @@ CREATE TABLE IF NOT EXISTS audit (
 
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
+# States in which the service may still act on a study by itself.
+_ACTIVE = ("pending", "unmatched", "ambiguous", "failed")
 
 
 @dataclass(frozen=True)
@@ -67,15 +80,31 @@ class StudyRow:
     reason: str
     retryable: bool
     dicom_patient_id: str
+    patient_name: str
+    birth_date: str
+    study_date: str
+    description: str
+    candidate_patients: tuple[str, ...]
     patient_uuid: str
+    manual_patient_uuid: str
+    linked_by: str
     attachment_uuid: str
     instance_id: str
     caption: str
-    candidates: str
     attempts: int
     next_attempt_at: float | None
     updated_at: float
     orthanc_last_update: str
+
+    @property
+    def prior(self) -> Prior:
+        return Prior(
+            state=self.state,
+            patient_uuid=self.patient_uuid,
+            attachment_uuid=self.attachment_uuid,
+            instance_id=self.instance_id,
+            manual_patient_uuid=self.manual_patient_uuid,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -120,11 +150,9 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"state database {self.path}: {exc}") from exc
 
-    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         try:
-            cursor = self._db.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return list(cursor.fetchall())
+            return list(self._db.execute(sql, tuple(params)).fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"state database {self.path}: {exc}") from exc
 
@@ -151,15 +179,23 @@ class Store:
         if current is None or seq > current:
             self._set_meta("changes_cursor", str(seq))
 
+    def reset_cursor(self, seq: int) -> None:
+        """Orthanc's changes log restarted (a new database): start over from its new end."""
+        self._set_meta("changes_cursor", str(seq))
+
     def catchup_done(self) -> bool:
         return self._meta("catchup_done") == "1"
 
     def mark_catchup_done(self) -> None:
         self._set_meta("catchup_done", "1")
 
+    def last_reconcile(self) -> float:
+        return float(self._meta("last_reconcile") or 0)
+
     # -- discovery -------------------------------------------------------------------------
     def discover(self, orthanc_ids: list[str], now: float, *, priority: int, due_at: float) -> int:
-        """Record studies seen in Orthanc; known ones are left as they are. Returns the new ones."""
+        """Record studies seen in Orthanc; the new ones count. A study that had gone and is
+        back (same PatientID and UID give the same Orthanc ID) is pending again."""
         with self._tx() as db:
             before = db.total_changes
             db.executemany(
@@ -167,55 +203,44 @@ class Store:
                 "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?)",
                 [(oid, priority, due_at, now, now) for oid in orthanc_ids],
             )
-            return int(db.total_changes - before)
+            new = db.total_changes - before
+            db.executemany(
+                "UPDATE studies SET state = 'pending', next_attempt_at = ?, updated_at = ? "
+                "WHERE orthanc_id = ? AND state = 'gone'",
+                [(due_at, now, oid) for oid in orthanc_ids],
+            )
+            return int(new)
 
     def note_stable(self, orthanc_ids: list[str], now: float) -> None:
-        """Orthanc says these studies are complete: try them now, unless synced or gone."""
+        """Orthanc says these studies are complete (again): try the waiting ones now, and look
+        again at synced ones, in case a late series changes what represents them."""
+        self.discover(orthanc_ids, now, priority=LIVE, due_at=now)
         with self._tx() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO studies (orthanc_id, state, priority, next_attempt_at, "
-                "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?)",
-                [(oid, LIVE, now, now, now) for oid in orthanc_ids],
-            )
-            db.executemany(
-                "UPDATE studies SET next_attempt_at = ?, priority = ? "
-                "WHERE orthanc_id = ? AND state NOT IN ('synced', 'gone')",
+                "UPDATE studies SET next_attempt_at = ?, priority = ?, "
+                "recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END "
+                "WHERE orthanc_id = ? AND state IN ('pending', 'unmatched', 'ambiguous', "
+                "'failed', 'synced')",
                 [(now, LIVE, oid) for oid in orthanc_ids],
             )
 
-    def reset_cursor(self, seq: int) -> None:
-        """Orthanc's changes log restarted (a new database): start over from its new end."""
-        self._set_meta("changes_cursor", str(seq))
-
     def claim_due(
         self, now: float, limit: int, *, exclude: set[str], not_tried_since: float
-    ) -> list[str]:
+    ) -> list[StudyRow]:
         """Studies due for an attempt, live ones first, skipping those already tried this pass."""
         rows = self._query(
-            "SELECT orthanc_id FROM studies WHERE next_attempt_at IS NOT NULL "
+            "SELECT * FROM studies WHERE next_attempt_at IS NOT NULL "
             "AND next_attempt_at <= ? AND (last_attempt_at IS NULL OR last_attempt_at < ?) "
             "ORDER BY priority, next_attempt_at LIMIT ?",
             (now, not_tried_since, limit + len(exclude)),
         )
-        ids = [str(r["orthanc_id"]) for r in rows if r["orthanc_id"] not in exclude]
-        return ids[:limit]
-
-    def make_due(self, orthanc_id: str, now: float) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO studies (orthanc_id, state, priority, next_attempt_at, "
-                "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?)",
-                (orthanc_id, LIVE, now, now, now),
-            )
-            db.execute(
-                "UPDATE studies SET next_attempt_at = ? WHERE orthanc_id = ?", (now, orthanc_id)
-            )
+        return [_row(r) for r in rows if r["orthanc_id"] not in exclude][:limit]
 
     # -- results ---------------------------------------------------------------------------
     def record(
         self, result: StudyResult, state: State, now: float, next_attempt_at: float | None
     ) -> None:
-        """Store the result of one attempt (business meaning decided by the caller)."""
+        """Store the result of one attempt (its business meaning decided by the caller)."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO studies (orthanc_id, state, discovered_at, updated_at) "
@@ -224,37 +249,42 @@ class Store:
             )
             db.execute(
                 """UPDATE studies SET
-                    state = ?, reason = ?, retryable = ?, next_attempt_at = ?, last_attempt_at = ?,
-                    updated_at = ?, attempts = attempts + 1,
-                    study_uid = CASE WHEN ? != '' THEN ? ELSE study_uid END,
-                    dicom_patient_id = CASE WHEN ? != '' THEN ? ELSE dicom_patient_id END,
-                    patient_uuid = ?, attachment_uuid = ?, instance_id = ?, caption = ?,
-                    candidates = ?,
-                    orthanc_last_update = CASE WHEN ? != '' THEN ? ELSE orthanc_last_update END,
-                    synced_at = CASE WHEN ? = 'synced' THEN ? ELSE synced_at END
-                WHERE orthanc_id = ?""",
-                (
-                    state.value,
-                    result.reason,
-                    int(result.retryable),
-                    next_attempt_at,
-                    now,
-                    now,
-                    result.study_uid,
-                    result.study_uid,
-                    result.dicom_patient_id,
-                    result.dicom_patient_id,
-                    result.patient_uuid,
-                    result.attachment_uuid,
-                    result.instance_id,
-                    result.caption,
-                    "\n".join(result.candidates),
-                    result.last_update,
-                    result.last_update,
-                    state.value,
-                    now,
-                    result.orthanc_id,
-                ),
+                    state = :state, reason = :reason, retryable = :retryable,
+                    next_attempt_at = :next, last_attempt_at = :now, updated_at = :now,
+                    attempts = attempts + 1, recheck = 0,
+                    study_uid = COALESCE(NULLIF(:uid, ''), study_uid),
+                    dicom_patient_id = COALESCE(NULLIF(:pid, ''), dicom_patient_id),
+                    patient_name = COALESCE(NULLIF(:name, ''), patient_name),
+                    birth_date = COALESCE(NULLIF(:birth, ''), birth_date),
+                    study_date = COALESCE(NULLIF(:date, ''), study_date),
+                    description = COALESCE(NULLIF(:description, ''), description),
+                    orthanc_last_update = COALESCE(NULLIF(:last_update, ''), orthanc_last_update),
+                    candidates = :candidates, candidate_patients = :candidate_patients,
+                    patient_uuid = :patient, attachment_uuid = :attachment,
+                    instance_id = :instance, caption = :caption,
+                    synced_at = CASE WHEN :state = 'synced' THEN :now ELSE synced_at END
+                WHERE orthanc_id = :id""",
+                {
+                    "state": state.value,
+                    "reason": result.reason,
+                    "retryable": int(result.retryable),
+                    "next": next_attempt_at,
+                    "now": now,
+                    "uid": result.study_uid,
+                    "pid": result.dicom_patient_id,
+                    "name": result.patient_name,
+                    "birth": result.birth_date,
+                    "date": result.study_date,
+                    "description": result.description,
+                    "last_update": result.last_update,
+                    "candidates": "\n".join(result.candidates),
+                    "candidate_patients": json.dumps(list(result.candidate_patients)),
+                    "patient": result.patient_uuid,
+                    "attachment": result.attachment_uuid,
+                    "instance": result.instance_id,
+                    "caption": result.caption,
+                    "id": result.orthanc_id,
+                },
             )
 
     def record_waiting(self, orthanc_id: str, next_attempt_at: float, now: float) -> None:
@@ -264,6 +294,47 @@ class Store:
                 "UPDATE studies SET next_attempt_at = ?, last_attempt_at = ?, updated_at = ? "
                 "WHERE orthanc_id = ?",
                 (next_attempt_at, now, now, orthanc_id),
+            )
+
+    def set_state(self, orthanc_id: str, state: State, reason: str, now: float) -> None:
+        """A final state reached outside an attempt (deleted, superseded, ignored)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET state = ?, reason = ?, next_attempt_at = NULL, recheck = 0, "
+                "updated_at = ? WHERE orthanc_id = ?",
+                (state.value, reason, now, orthanc_id),
+            )
+
+    def link_manually(self, orthanc_id: str, patient_uuid: str, by: str, now: float) -> None:
+        """A person decided which patient the study belongs to; try it now with that patient."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO studies (orthanc_id, state, discovered_at, updated_at) "
+                "VALUES (?, 'pending', ?, ?)",
+                (orthanc_id, now, now),
+            )
+            db.execute(
+                "UPDATE studies SET manual_patient_uuid = ?, linked_by = ?, linked_at = ?, "
+                "state = CASE WHEN state IN ('ignored', 'gone') THEN 'pending' ELSE state END, "
+                "next_attempt_at = ?, priority = ?, recheck = 1, updated_at = ? "
+                "WHERE orthanc_id = ?",
+                (patient_uuid, by, now, now, LIVE, now, orthanc_id),
+            )
+
+    def make_due(self, orthanc_id: str, now: float, *, reset: bool = False) -> None:
+        """Try a study now; `reset` also brings back an ignored or given-up study."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO studies (orthanc_id, state, priority, next_attempt_at, "
+                "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?)",
+                (orthanc_id, LIVE, now, now, now),
+            )
+            state_sql = "CASE WHEN state = 'ignored' THEN 'pending' ELSE state END"
+            db.execute(
+                f"UPDATE studies SET next_attempt_at = ?, updated_at = ?, "  # noqa: S608
+                f"state = {state_sql if reset else 'state'}, "
+                f"attempts = {'0' if reset else 'attempts'} WHERE orthanc_id = ?",
+                (now, now, orthanc_id),
             )
 
     def add_audit(self, row: AuditRow) -> None:
@@ -282,22 +353,69 @@ class Store:
                 ),
             )
 
+    # -- reconciliation --------------------------------------------------------------------
+    def begin_sweep(self) -> int:
+        sweep = int(self._meta("sweep") or 0) + 1
+        self._set_meta("sweep", str(sweep))
+        return sweep
+
+    def mark_seen(self, orthanc_ids: list[str], sweep: int, now: float) -> int:
+        """Studies Orthanc holds: unknown ones are new; waiting ones are looked at now (their
+        StableStudy may never come). Returns how many were new."""
+        new = self.discover(orthanc_ids, now, priority=BACKLOG, due_at=now)
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE studies SET seen_sweep = ?, next_attempt_at = CASE WHEN state = 'pending' "
+                "AND next_attempt_at > ? THEN ? ELSE next_attempt_at END WHERE orthanc_id = ?",
+                [(sweep, now, now, oid) for oid in orthanc_ids],
+            )
+        return new
+
+    def unseen(self, sweep: int) -> list[StudyRow]:
+        """Studies the ledger has that Orthanc no longer listed in this sweep."""
+        rows = self._query(
+            "SELECT * FROM studies WHERE seen_sweep < ? AND state NOT IN ('gone', 'superseded')",
+            (sweep,),
+        )
+        return [_row(r) for r in rows]
+
+    def finish_sweep(self, now: float) -> None:
+        self._set_meta("last_reconcile", str(now))
+
+    def synced_with_uid(self, study_uid: str) -> list[StudyRow]:
+        rows = self._query(
+            "SELECT * FROM studies WHERE study_uid = ? AND state = 'synced' "
+            "ORDER BY orthanc_last_update DESC, orthanc_id DESC",
+            (study_uid,),
+        )
+        return [_row(r) for r in rows]
+
+    def uids_synced_twice(self) -> list[str]:
+        rows = self._query(
+            "SELECT study_uid FROM studies WHERE state = 'synced' AND study_uid != '' "
+            "GROUP BY study_uid HAVING COUNT(*) > 1"
+        )
+        return [str(r["study_uid"]) for r in rows]
+
     # -- reading ---------------------------------------------------------------------------
     def get(self, orthanc_id: str) -> StudyRow | None:
         rows = self._query("SELECT * FROM studies WHERE orthanc_id = ?", (orthanc_id,))
         return _row(rows[0]) if rows else None
 
-    def find_by_uid(self, study_uid: str) -> list[StudyRow]:
-        return [
-            _row(r) for r in self._query("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
-        ]
+    def find(self, reference: str) -> list[StudyRow]:
+        """Rows by Orthanc ID or StudyInstanceUID."""
+        rows = self._query(
+            "SELECT * FROM studies WHERE orthanc_id = ? OR study_uid = ? ORDER BY discovered_at",
+            (reference, reference),
+        )
+        return [_row(r) for r in rows]
 
     def all_studies(self) -> list[StudyRow]:
         return [_row(r) for r in self._query("SELECT * FROM studies ORDER BY discovered_at")]
 
     def counts(self) -> dict[State, int]:
         rows = self._query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")
-        counts = {state: 0 for state in State}
+        counts = dict.fromkeys(State, 0)
         for r in rows:
             counts[State(r["state"])] = int(r["n"])
         return counts
@@ -305,18 +423,16 @@ class Store:
     def needing_a_person(self, limit: int = 1000) -> list[StudyRow]:
         marks = ",".join("?" for _ in NEEDS_A_PERSON)
         rows = self._query(
-            f"SELECT * FROM studies WHERE state IN ({marks}) ORDER BY updated_at LIMIT ?",  # noqa: S608
+            f"SELECT * FROM studies WHERE state IN ({marks}) "  # noqa: S608
+            "ORDER BY updated_at LIMIT ?",
             (*(s.value for s in NEEDS_A_PERSON), limit),
         )
         return [_row(r) for r in rows]
 
-    def audit(self, orthanc_id: str | None = None) -> list[AuditRow]:
-        sql = "SELECT * FROM audit"
-        params: tuple[object, ...] = ()
-        if orthanc_id:
-            sql += " WHERE orthanc_id = ? OR study_uid = ?"
-            params = (orthanc_id, orthanc_id)
-        rows = self._query(sql + " ORDER BY id", params)
+    def audit(self, reference: str | None = None) -> list[AuditRow]:
+        sql, params = "SELECT * FROM audit", tuple[str, ...]()
+        if reference:
+            sql, params = sql + " WHERE orthanc_id = ? OR study_uid = ?", (reference, reference)
         return [
             AuditRow(
                 at=float(r["at"]),
@@ -327,7 +443,7 @@ class Store:
                 attachment_uuid=r["attachment_uuid"],
                 reason=r["reason"],
             )
-            for r in rows
+            for r in self._query(sql + " ORDER BY id", params)
         ]
 
 
@@ -339,11 +455,17 @@ def _row(r: sqlite3.Row) -> StudyRow:
         reason=r["reason"],
         retryable=bool(r["retryable"]),
         dicom_patient_id=r["dicom_patient_id"],
+        patient_name=r["patient_name"],
+        birth_date=r["birth_date"],
+        study_date=r["study_date"],
+        description=r["description"],
+        candidate_patients=tuple(json.loads(r["candidate_patients"] or "[]")),
         patient_uuid=r["patient_uuid"],
+        manual_patient_uuid=r["manual_patient_uuid"],
+        linked_by=r["linked_by"],
         attachment_uuid=r["attachment_uuid"],
         instance_id=r["instance_id"],
         caption=r["caption"],
-        candidates=r["candidates"],
         attempts=int(r["attempts"]),
         next_attempt_at=r["next_attempt_at"],
         updated_at=float(r["updated_at"]),

@@ -2,38 +2,38 @@
 
 Exactly once rests on one rule: before uploading, look in OpenMRS for an attachment of this
 patient whose caption names the study. A lost state database, a crash after the upload, or a
-response lost on the way back all end in "already there" instead of a duplicate.
+response lost on the way back all end in "already there" instead of a duplicate. A study whose
+attachment must change (a late series with a lower number, a corrected patient) gets its new
+attachment first and the old one voided after, so the chart never shows none.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from orthanc_openmrs import caption as captions
-from orthanc_openmrs import matching, preview, selection
+from orthanc_openmrs import matching
 from orthanc_openmrs.config import PatientLookup, Settings, Viewer
 from orthanc_openmrs.errors import (
     CredentialsRefused,
     OrthancNotFound,
-    OrthancUnsupported,
     ServerError,
     StudyRejected,
     UploadOutcomeUnknown,
 )
 from orthanc_openmrs.models import (
-    InstanceKind,
-    InstanceTags,
     OpenMRSPatient,
     Outcome,
-    Preview,
-    Series,
+    Prior,
     Study,
     StudyResult,
+    Voided,
 )
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs.representative import Representative, RepresentativeFinder
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,17 @@ class PatientCache:
         return hits
 
 
-@dataclass(frozen=True)
-class Representative:
-    instance_id: str
-    modalities: tuple[str, ...]
-    file: Preview
+class _UidLocks:
+    """One worker at a time per StudyInstanceUID, so two Orthanc studies of the same UID cannot
+    both find no attachment and both upload one."""
 
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
 
-# Ozone's service names its uploads this way; O3 users look for it in the Attachments tab.
-IMAGE_NAME = "radiology-image.jpg"
-PDF_NAME = "radiology-report.pdf"
+    def __call__(self, uid: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(uid, threading.Lock())
 
 
 class StudySync:
@@ -111,89 +112,123 @@ class StudySync:
             else openmrs.find_patients_rest
         )
         self.patients = patients or PatientCache(search)
+        self.finder = RepresentativeFinder(orthanc, options.max_side, options.max_bytes)
+        self._uid_lock = _UidLocks()
 
-    def sync(self, orthanc_id: str) -> StudyResult:
-        """One attempt at one study. Credential refusals propagate: they stop the whole pass."""
+    def sync(self, orthanc_id: str, prior: Prior | None = None) -> StudyResult:
+        """One attempt at one study.
+
+        Refused credentials and unavailable servers propagate: they stop the pass, not the study.
+        """
         try:
             study = self.orthanc.study(orthanc_id)
         except OrthancNotFound:
             return StudyResult(orthanc_id, Outcome.GONE, "the study is no longer in Orthanc", False)
-        except CredentialsRefused:
-            raise
         except ServerError as exc:
+            if isinstance(exc, CredentialsRefused) or exc.unavailable:
+                raise
             return StudyResult(orthanc_id, Outcome.FAILED, exc.message, exc.retryable)
         try:
-            return self._sync_study(study)
-        except CredentialsRefused:
-            raise
+            with self._uid_lock(study.study_uid):
+                return self._sync_study(study, prior)
         except OrthancNotFound:
-            return self._result(
-                study, Outcome.GONE, "the study was deleted while syncing", retryable=False
-            )
+            return _result(study, Outcome.GONE, "the study was deleted while syncing", False)
         except StudyRejected as exc:
-            return self._result(study, Outcome.FAILED, exc.message, retryable=False)
+            return _result(study, Outcome.FAILED, exc.message, retryable=False)
         except ServerError as exc:
-            return self._result(study, Outcome.FAILED, exc.message, retryable=exc.retryable)
+            if isinstance(exc, CredentialsRefused) or exc.unavailable:
+                raise
+            return _result(study, Outcome.FAILED, exc.message, retryable=exc.retryable)
 
-    def _result(
-        self,
-        study: Study,
-        outcome: Outcome,
-        reason: str,
-        retryable: bool = True,
-        **fields: str | tuple[str, ...],
-    ) -> StudyResult:
-        return StudyResult(
-            orthanc_id=study.orthanc_id,
-            outcome=outcome,
-            reason=reason,
-            retryable=retryable,
-            study_uid=study.study_uid,
-            dicom_patient_id=study.patient_id,
-            last_update=study.last_update,
-            **fields,  # type: ignore[arg-type]
-        )
-
-    def _sync_study(self, study: Study) -> StudyResult:
+    def _sync_study(self, study: Study, prior: Prior | None) -> StudyResult:
         if not study.is_stable:
-            return self._result(study, Outcome.NOT_STABLE, "Orthanc is still receiving the study")
+            return _result(study, Outcome.NOT_STABLE, "Orthanc is still receiving the study")
         if not captions.is_valid_uid(study.study_uid):
-            return self._result(
-                study,
-                Outcome.FAILED,
-                f"invalid StudyInstanceUID {study.study_uid!r}: a link to it could open another "
-                "study",
-                retryable=False,
+            reason = (
+                f"invalid StudyInstanceUID {study.study_uid!r}: a link to it could open "
+                "another study"
             )
-        candidates = matching.candidate_ids(study.patient_tags, self.options.patient_tags)
-        hits = {c: self.patients.lookup(c) for c in candidates}
-        decision = matching.decide(candidates, hits, self.options.identifier_types)
-        if decision.kind is matching.MatchKind.UNMATCHED:
-            return self._result(study, Outcome.UNMATCHED, decision.reason, candidates=candidates)
-        if decision.kind is matching.MatchKind.AMBIGUOUS:
-            return self._result(study, Outcome.AMBIGUOUS, decision.reason, candidates=candidates)
-        patient = decision.patient_uuid
-        existing = self._existing(patient, study)
+            return _result(study, Outcome.FAILED, reason, retryable=False)
+        newer = self._newer_identity(study)
+        if newer:
+            reason = f"the same StudyInstanceUID is in Orthanc as the newer study {newer}"
+            return _result(study, Outcome.SUPERSEDED, reason, retryable=False)
+        patient, unmatched = self._patient(study, prior)
+        if unmatched is not None:
+            return unmatched
+        if prior is not None and prior.synced:
+            return self._recheck(study, patient, prior)
+        existing = self._attachments_of_study(patient, study)
         if existing:
-            return self._result(
+            return _result(
                 study,
                 Outcome.ALREADY_THERE,
                 "OpenMRS already holds this study's attachment",
                 patient_uuid=patient,
-                attachment_uuid=existing,
-                candidates=candidates,
+                attachment_uuid=existing[0],
             )
-        series = selection.order_series(self.orthanc.study_series(study.orthanc_id))
-        chosen = self._representative(series)
+        chosen = self._representative(study)
+        done = replace(self._planned(study, patient, chosen), created=True)
+        if self.options.dry_run:
+            return replace(done, reason="dry run: would attach", created=False)
+        return self._upload(study, chosen, done)
+
+    # -- steps -----------------------------------------------------------------------------
+    def _newer_identity(self, study: Study) -> str:
+        """The Orthanc ID of a newer study with this UID (a corrected PatientID), if any."""
+        others = [
+            i for i in self.orthanc.lookup_study_uid(study.study_uid) if i != study.orthanc_id
+        ]
+        newest = ""
+        for other_id in others:
+            try:
+                other = self.orthanc.study(other_id)
+            except OrthancNotFound:
+                continue
+            if (other.last_update, other.orthanc_id) > (study.last_update, study.orthanc_id):
+                newest = other.orthanc_id
+        return newest
+
+    def _patient(self, study: Study, prior: Prior | None) -> tuple[str, StudyResult | None]:
+        if prior is not None and prior.manual_patient_uuid:
+            return prior.manual_patient_uuid, None  # a person linked it: their decision stands
+        candidates = matching.candidate_ids(study.patient_tags, self.options.patient_tags)
+        hits = {c: self.patients.lookup(c) for c in candidates}
+        decision = matching.decide(candidates, hits, self.options.identifier_types)
+        if decision.kind is matching.MatchKind.MATCHED:
+            return decision.patient_uuid, None
+        displays = {p.uuid: p.display for found in hits.values() for p in found}
+        outcome = (
+            Outcome.UNMATCHED
+            if decision.kind is matching.MatchKind.UNMATCHED
+            else Outcome.AMBIGUOUS
+        )
+        result = _result(
+            study,
+            outcome,
+            decision.reason,
+            candidates=candidates,
+            candidate_patients=tuple(
+                f"{u} {displays.get(u, '')}".strip() for u in decision.patient_uuids
+            ),
+        )
+        return "", result
+
+    def _attachments_of_study(self, patient: str, study: Study) -> list[str]:
+        """This patient's attachments that name the study, newest first."""
+        return [
+            a.uuid
+            for a in self.openmrs.attachments(patient)
+            if captions.refers_to(a.comment, study.study_uid, study.orthanc_id)
+        ]
+
+    def _representative(self, study: Study) -> Representative:
+        chosen = self.finder.find(study.orthanc_id)
         if chosen is None:
-            return self._result(
-                study,
-                Outcome.FAILED,
-                "no series holds an image Orthanc can render, nor a PDF",
-                retryable=False,
-                patient_uuid=patient,
-                candidates=candidates,
-            )
+            raise StudyRejected("no series holds an image Orthanc can render, nor a PDF")
+        return chosen
+
+    def _planned(self, study: Study, patient: str, chosen: Representative) -> StudyResult:
         link = captions.viewer_link(
             self.options.viewer,
             self.options.viewer_template,
@@ -203,79 +238,84 @@ class StudySync:
         )
         text = captions.build_caption(link, chosen.modalities, study.study_date, study.description)
         if text is None:
-            return self._result(
-                study,
-                Outcome.FAILED,
-                f"the viewer link alone is over 255 characters: {link}",
-                retryable=False,
-                patient_uuid=patient,
-            )
-        done = self._result(
+            raise StudyRejected(f"the viewer link alone is over 255 characters: {link}")
+        return _result(
             study,
             Outcome.SYNCED,
             "attached",
             patient_uuid=patient,
             instance_id=chosen.instance_id,
             caption=text,
-            candidates=candidates,
         )
-        if self.options.dry_run:
-            return replace(done, reason="dry run: would attach")
-        return self._upload(study, chosen.file, done)
 
-    def _existing(self, patient: str, study: Study) -> str:
-        for attachment in self.openmrs.attachments(patient):
-            if captions.refers_to(attachment.comment, study.study_uid, study.orthanc_id):
-                return attachment.uuid
-        return ""
-
-    def _upload(self, study: Study, file: Preview, done: StudyResult) -> StudyResult:
+    def _upload(self, study: Study, chosen: Representative, done: StudyResult) -> StudyResult:
         try:
-            uuid = self.openmrs.upload(done.patient_uuid, file, done.caption)
+            uuid = self.openmrs.upload(done.patient_uuid, chosen.file, done.caption)
         except UploadOutcomeUnknown as exc:
             # The server may have stored it: look before anyone sends it again.
-            found = self._existing(done.patient_uuid, study)
+            found = self._attachments_of_study(done.patient_uuid, study)
             if found:
                 reason = f"stored although the answer was lost ({exc.message})"
-                return replace(done, reason=reason, attachment_uuid=found)
-            return replace(done, outcome=Outcome.FAILED, reason=exc.message, retryable=True)
+                return replace(done, reason=reason, attachment_uuid=found[0])
+            return replace(
+                done, outcome=Outcome.FAILED, reason=exc.message, retryable=True, created=False
+            )
         return replace(done, attachment_uuid=uuid)
 
-    def _representative(self, ordered: Sequence[Series]) -> Representative | None:
-        """First series with an image Orthanc can render; else the first PDF; else None."""
-        modalities = tuple(s.modality for s in ordered if selection.series_may_hold_images(s))
-        pdf: str | None = None
-        for series in ordered:
-            if not selection.series_may_hold_images(series) and series.modality != "DOC":
-                continue
-            instances = selection.order_instances(self.orthanc.series_instances(series.orthanc_id))
-            for instance in instances:
-                tags = self.orthanc.instance_tags(instance.orthanc_id)
-                kind = selection.classify(tags)
-                if kind is InstanceKind.PDF:
-                    pdf = pdf or instance.orthanc_id
-                    break
-                if kind is InstanceKind.OTHER:
-                    break  # a series holds one kind of object: no image further down either
-                try:
-                    file = self._image(instance.orthanc_id, tags)
-                except OrthancUnsupported:
-                    continue  # Orthanc cannot decode this one: the next instance, then series
-                return Representative(instance.orthanc_id, modalities, file)
-        if pdf:
-            data = self.orthanc.pdf(pdf)
-            return Representative(pdf, ("DOC",), Preview(data, "application/pdf", PDF_NAME))
-        return None
+    def _recheck(self, study: Study, patient: str, prior: Prior) -> StudyResult:
+        """A synced study changed in Orthanc (new series, new patient link): replace its
+        attachment only if what it should show, or whose chart, changed."""
+        chosen = self._representative(study)
+        if patient == prior.patient_uuid and chosen.instance_id == prior.instance_id:
+            return _result(
+                study,
+                Outcome.ALREADY_THERE,
+                "unchanged",
+                patient_uuid=patient,
+                attachment_uuid=prior.attachment_uuid,
+                instance_id=prior.instance_id,
+            )
+        planned = self._planned(study, patient, chosen)
+        if self.options.dry_run:
+            return replace(planned, outcome=Outcome.REPLACED, reason="dry run: would replace")
+        # One made by a replacement that crashed half-way is adopted, not made again.
+        mine = [a for a in self._attachments_of_study(patient, study) if a != prior.attachment_uuid]
+        if mine:
+            fresh = replace(planned, attachment_uuid=mine[0])
+        else:
+            fresh = self._upload(study, chosen, replace(planned, created=True))
+            if fresh.outcome is Outcome.FAILED:
+                return fresh
+        why = (
+            "the study now belongs to another patient"
+            if patient != prior.patient_uuid
+            else "a series that comes first arrived; the preview changed"
+        )
+        voided = [Voided(prior.attachment_uuid, prior.patient_uuid, why)]
+        voided += [Voided(extra, patient, "duplicate of this study") for extra in mine[1:]]
+        for item in voided:
+            self.openmrs.void_attachment(item.attachment_uuid)
+        return replace(fresh, outcome=Outcome.REPLACED, reason=why, voided=tuple(voided))
 
-    def _image(self, instance_id: str, tags: InstanceTags) -> Preview:
-        image = None
-        if selection.has_window(tags):
-            largest = max(tags.rows or 0, tags.columns or 0)
-            bound = self.options.max_side if largest > self.options.max_side else None
-            image = preview.open_image(self.orthanc.rendered(instance_id, bound))
-            if preview.is_blank(image):
-                image = None  # a window that shows nothing: fall back to the full range
-        if image is None:
-            image = preview.open_image(self.orthanc.preview(instance_id))
-        data = preview.fit_jpeg(image, self.options.max_side, self.options.max_bytes)
-        return Preview(data, "image/jpeg", IMAGE_NAME)
+
+def _result(
+    study: Study,
+    outcome: Outcome,
+    reason: str,
+    retryable: bool = True,
+    **fields: str | tuple[str, ...],
+) -> StudyResult:
+    return StudyResult(
+        orthanc_id=study.orthanc_id,
+        outcome=outcome,
+        reason=reason,
+        retryable=retryable,
+        study_uid=study.study_uid,
+        dicom_patient_id=study.patient_id,
+        last_update=study.last_update,
+        patient_name=study.patient_name,
+        birth_date=study.patient_tags.get("PatientBirthDate", ""),
+        study_date=study.study_date,
+        description=study.description,
+        **fields,  # type: ignore[arg-type]
+    )

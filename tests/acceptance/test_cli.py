@@ -79,7 +79,7 @@ def test_sync_one_study_by_uid_or_orthanc_id(orthanc, openmrs, database) -> None
     assert len(openmrs.attachments()) == 2
     bad = _run(env, "sync", "--study", "1.2&3")
     assert bad.returncode == 2
-    assert "--study" in bad.stderr
+    assert "neither an Orthanc ID nor a StudyInstanceUID" in bad.stderr
 
 
 def test_status_json_lists_what_needs_a_person(orthanc, openmrs, database) -> None:

@@ -9,7 +9,6 @@ need hostile values (control characters, odd UIDs) that a strict writer refuses.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,11 +16,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pydicom
 import pydicom.config
-from PIL import Image
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+from orthanc_openmrs.devtools.dicom_payloads import (
+    ct_phantom,
+    gradient,
+    jpeg,
+    pdf_document,
+    rgb_pattern,
+    us_frame,
+    xray_phantom,
+    ybr422_bytes,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -251,7 +260,7 @@ def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
 def _build_ct(ds: Dataset, slot: _Slot) -> str:
     """CT, unsigned 12 of 16 bits, rescale -1024, window 40/400: renders well as is."""
     inst = slot.instance
-    hu = _ct_phantom(inst.rows, inst.columns, slot.instance_index)
+    hu = ct_phantom(inst.rows, inst.columns, slot.instance_index)
     _set_ct_geometry(ds, slot)
     _set_gray_pixels(ds, (hu + 1024).clip(0, 4095).astype(np.uint16), bits_stored=12)
     ds.RescaleIntercept = -1024
@@ -265,7 +274,7 @@ def _build_ct(ds: Dataset, slot: _Slot) -> str:
 def _build_ct_no_window(ds: Dataset, slot: _Slot) -> str:
     """CT, signed 16 bits holding HU directly, no window: Orthanc renders it nearly black."""
     inst = slot.instance
-    hu = _ct_phantom(inst.rows, inst.columns, slot.instance_index)
+    hu = ct_phantom(inst.rows, inst.columns, slot.instance_index)
     _set_ct_geometry(ds, slot)
     _set_gray_pixels(ds, hu.astype(np.int16), bits_stored=16)
     ds.RescaleIntercept = 0
@@ -293,7 +302,11 @@ def _build_large16(ds: Dataset, slot: _Slot) -> str:
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImagerPixelSpacing = [0.15, 0.15]
-    _set_gray_pixels(ds, _xray_phantom(inst.rows, inst.columns, slot), bits_stored=14)
+    _set_gray_pixels(
+        ds,
+        xray_phantom(inst.rows, inst.columns, slot.study.key, slot.instance_index),
+        bits_stored=14,
+    )
     ds.WindowCenter = 8192
     ds.WindowWidth = 16384
     return ExplicitVRLittleEndian
@@ -304,7 +317,7 @@ def _build_rgb(ds: Dataset, slot: _Slot) -> str:
     inst = slot.instance
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.ConversionType = "WSD"
-    _set_rgb_pixels(ds, _rgb_pattern(inst.rows, inst.columns))
+    _set_rgb_pixels(ds, rgb_pattern(inst.rows, inst.columns))
     return ExplicitVRLittleEndian
 
 
@@ -315,7 +328,7 @@ def _build_us_multiframe(ds: Dataset, slot: _Slot) -> str:
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.FrameTime = 33.3
     ds.FrameIncrementPointer = 0x00181063  # FrameTime
-    frames = [_us_frame(inst.rows, inst.columns, n) for n in range(US_FRAMES)]
+    frames = [us_frame(inst.rows, inst.columns, n) for n in range(US_FRAMES)]
     _set_rgb_pixels(ds, np.stack(frames))
     ds.NumberOfFrames = US_FRAMES
     return ExplicitVRLittleEndian
@@ -328,7 +341,7 @@ def _build_gray_multiframe(ds: Dataset, slot: _Slot) -> str:
     ds.ConversionType = "WSD"
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
-    base = _gradient(inst.rows, inst.columns) * 60000.0
+    base = gradient(inst.rows, inst.columns) * 60000.0
     frames = [(base * (n + 1) / GRAY_FRAMES).astype(np.uint16) for n in range(GRAY_FRAMES)]
     _set_gray_pixels(ds, np.stack(frames), bits_stored=16)
     ds.NumberOfFrames = GRAY_FRAMES
@@ -343,11 +356,11 @@ def _build_jpeg_gray(ds: Dataset, slot: _Slot) -> str:
     inst = slot.instance
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.ConversionType = "WSD"
-    pixels = (_gradient(inst.rows, inst.columns) * 200 + 40).astype(np.uint8)
+    pixels = (gradient(inst.rows, inst.columns) * 200 + 40).astype(np.uint8)
     _set_image_module(ds, pixels.shape, samples=1, bits=8, bits_stored=8)
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.LossyImageCompression = "01"
-    ds.add(_encapsulated_pixel_data([_jpeg(pixels)]))
+    ds.add(_encapsulated_pixel_data([jpeg(pixels)]))
     return JPEGBaseline8Bit
 
 
@@ -359,13 +372,13 @@ def _build_undecodable(ds: Dataset, slot: _Slot) -> str:
     _set_image_module(ds, (inst.rows, inst.columns), samples=3, bits=8, bits_stored=8)
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.PlanarConfiguration = 0
-    ds.add(DataElement(0x7FE00010, "OB", _ybr422_bytes(inst.rows, inst.columns)))
+    ds.add(DataElement(0x7FE00010, "OB", ybr422_bytes(inst.rows, inst.columns)))
     return ExplicitVRLittleEndian
 
 
 def _build_pdf(ds: Dataset, slot: _Slot) -> str:
     """Encapsulated PDF holding a one-page document made here."""
-    document = _pdf_document(f"orthanc-openmrs test document {slot.study.key}")
+    document = pdf_document(f"orthanc-openmrs test document {slot.study.key}")
     ds.SOPClassUID = ENCAPSULATED_PDF
     ds.ConversionType = "WSD"
     ds.DocumentTitle = "Test report"
@@ -458,7 +471,7 @@ def _evidence(study: StudySpec, reference: Dataset) -> Dataset:
     return evidence
 
 
-# -- pixel data --------------------------------------------------------------------------------
+# -- pixel data elements -----------------------------------------------------------------------
 
 
 def _set_image_module(
@@ -490,99 +503,3 @@ def _set_rgb_pixels(ds: Dataset, pixels: npt.NDArray[np.uint8]) -> None:
 
 def _encapsulated_pixel_data(frames: list[bytes]) -> DataElement:
     return DataElement(0x7FE00010, "OB", encapsulate(frames), is_undefined_length=True)
-
-
-def _jpeg(pixels: npt.NDArray[np.uint8]) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def _grid(rows: int, columns: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Normalised coordinates in [0, 1]: (y, x)."""
-    y = np.linspace(0.0, 1.0, rows)[:, None] * np.ones((1, columns))
-    x = np.ones((rows, 1)) * np.linspace(0.0, 1.0, columns)[None, :]
-    return y, x
-
-
-def _gradient(rows: int, columns: int) -> npt.NDArray[np.float64]:
-    """A diagonal ramp from 0 (top-left) to 1 (bottom-right)."""
-    y, x = _grid(rows, columns)
-    return (x + y) / 2.0
-
-
-def _disc(rows: int, columns: int, cy: float, cx: float, radius: float) -> npt.NDArray[np.bool_]:
-    y, x = _grid(rows, columns)
-    return np.asarray((y - cy) ** 2 + (x - cx) ** 2 <= radius**2)
-
-
-def _ct_phantom(rows: int, columns: int, index: int) -> npt.NDArray[np.int32]:
-    """HU values: air, a soft-tissue body with a gradient, and a bright 'bone' that moves."""
-    _, x = _grid(rows, columns)
-    hu = np.full((rows, columns), -1000.0)
-    body = _disc(rows, columns, 0.5, 0.5, 0.4)
-    hu[body] = (x[body] - 0.5) * 200.0 + 40.0
-    bone_x = 0.35 + 0.05 * (index % 5)
-    hu[_disc(rows, columns, 0.5, bone_x, 0.1)] = 400.0
-    return hu.astype(np.int32)
-
-
-def _xray_phantom(rows: int, columns: int, slot: _Slot) -> npt.NDArray[np.uint16]:
-    """14-bit values: a bright ellipse-ish body over a ramp, plus strong noise."""
-    seed = int.from_bytes(hashlib.sha256(slot.study.key.encode()).digest()[:8], "little")
-    rng = np.random.default_rng(seed + slot.instance_index)
-    base = _gradient(rows, columns) * 6000.0 + 2000.0
-    base[_disc(rows, columns, 0.5, 0.5, 0.35)] += 6000.0
-    noise = rng.integers(-1500, 1500, size=(rows, columns))
-    return np.asarray((base + noise).clip(0, 16383), dtype=np.uint16)
-
-
-def _rgb_pattern(rows: int, columns: int) -> npt.NDArray[np.uint8]:
-    y, x = _grid(rows, columns)
-    blue = np.where(_disc(rows, columns, 0.5, 0.5, 0.3), 230.0, 30.0)
-    return np.stack([x * 255.0, y * 255.0, blue], axis=-1).astype(np.uint8)
-
-
-def _us_frame(rows: int, columns: int, frame: int) -> npt.NDArray[np.uint8]:
-    """A grey blob that moves with the frame; frame 0 adds a white square top-left."""
-    gray = np.full((rows, columns), 20.0)
-    gray[_disc(rows, columns, 0.5, 0.3 + 0.04 * frame, 0.15)] = 160.0
-    if frame == 0:
-        gray[: rows // 4, : columns // 4] = 255.0
-    return np.repeat(gray[:, :, None], 3, axis=2).astype(np.uint8)
-
-
-def _ybr422_bytes(rows: int, columns: int) -> bytes:
-    """YBR_FULL_422 samples (Y1 Y2 Cb Cr per pixel pair) of a luminance ramp."""
-    luma = (_gradient(rows, columns) * 255.0).astype(np.uint8)
-    pairs = luma.reshape(rows, columns // 2, 2)
-    chroma = np.full((rows, columns // 2, 1), 128, dtype=np.uint8)
-    return np.concatenate([pairs, chroma, chroma], axis=2).tobytes()
-
-
-# -- PDF ---------------------------------------------------------------------------------------
-
-
-def _pdf_document(text: str) -> bytes:
-    """A minimal one-page PDF with a correct cross-reference table."""
-    safe = "".join(c for c in text if c.isascii() and c.isprintable() and c not in "()\\")
-    stream = f"BT /F1 14 Tf 40 100 Td ({safe}) Tj ET".encode("ascii")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 200] /Contents 4 0 R"
-        b" /Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref_at = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
-    out += b"startxref\n%d\n%%%%EOF\n" % xref_at
-    return bytes(out)

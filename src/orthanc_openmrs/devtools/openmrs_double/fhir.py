@@ -1,0 +1,169 @@
+"""The FHIR R4 API as the fhir2 module serves it: Patient read and identifier search."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from orthanc_openmrs.devtools.openmrs_double.auth import basic_credentials
+from orthanc_openmrs.devtools.openmrs_double.errors import html_page
+from orthanc_openmrs.devtools.openmrs_double.wire import (
+    FHIR,
+    int_param,
+    json_response,
+    query_string,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from orthanc_openmrs.devtools.openmrs_double.auth import Accounts, Session
+    from orthanc_openmrs.devtools.openmrs_double.model import IdType, Patient, Store
+    from orthanc_openmrs.devtools.openmrs_double.wire import Request, Response
+
+FHIR_JSON = "application/fhir+json;charset=utf-8"
+FHIR_DEFAULT_COUNT = 10
+FHIR_MAX_COUNT = 100
+
+
+def _identifier_matches(patient: Patient, token: str, types: Mapping[str, IdType]) -> bool:
+    # "TYPE|VALUE" compares the identifier type's name; the database collation ignores case.
+    system, bar, value = token.rpartition("|")
+    for ident in patient.active_ids():
+        if ident.identifier.lower() != value.lower():
+            continue
+        if not bar or not system or types[ident.type_uuid].name.lower() == system.lower():
+            return True
+    return False
+
+
+def _patient_resource(patient: Patient, types: Mapping[str, IdType]) -> dict[str, Any]:
+    identifiers = [
+        {
+            "id": ident.uuid,
+            "use": "official" if ident.preferred else "usual",
+            "type": {
+                "coding": [{"code": ident.type_uuid}],
+                "text": types[ident.type_uuid].name,
+            },
+            "value": ident.identifier,
+        }
+        for ident in patient.active_ids()
+    ]
+    gender = {"M": "male", "F": "female", "O": "other"}.get(patient.gender, "unknown")
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient.uuid,
+        "meta": {"lastUpdated": patient.created.isoformat()},
+        "identifier": identifiers,
+        "active": not patient.voided,
+        "name": [{"id": patient.name_uuid, "family": patient.family, "given": [patient.given]}],
+        "gender": gender,
+        "deceasedBoolean": False,
+    }
+    if patient.birthdate is not None:
+        resource["birthDate"] = patient.birthdate.isoformat()
+    return resource
+
+
+def _operation_outcome(status: int, code: str, text: str) -> Response:
+    issue = {"severity": "error", "code": code, "diagnostics": text}
+    return json_response(status, {"resourceType": "OperationOutcome", "issue": [issue]}, FHIR_JSON)
+
+
+def _count(req: Request) -> int:
+    # HAPI clamps _count to the maximum page size instead of refusing it.
+    count = int_param(req, "_count")
+    return FHIR_DEFAULT_COUNT if count is None or count <= 0 else min(count, FHIR_MAX_COUNT)
+
+
+class FhirApi:
+    """The /ws/fhir2/R4 endpoints; remembers each search so its pages can be fetched."""
+
+    def __init__(self, store: Store, accounts: Accounts) -> None:
+        self._store = store
+        self._accounts = accounts
+        self._searches: dict[str, list[str]] = {}
+
+    def answer(self, req: Request, session: Session) -> Response:
+        sub = req.path[len(FHIR) :]
+        public = sub == "/metadata" or sub.startswith("/.well-known")
+        if session.user is None and not public:
+            creds = basic_credentials(req.headers.get("authorization"))
+            # Unlike REST, a failed login is refused at once.
+            if creds is None or creds == "invalid" or not self._accounts.authenticate(*creds):
+                return html_page(401, "Not authenticated")
+            session.user = creds[0]
+        if req.method != "GET":
+            return _operation_outcome(405, "not-supported", f"{req.method} is not supported")
+        return self._route(req, sub)
+
+    def _route(self, req: Request, sub: str) -> Response:
+        if sub == "/metadata":
+            return json_response(
+                200, {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}, FHIR_JSON
+            )
+        if sub in ("", "/") and req.param("_getpages"):
+            return self._page(req)
+        if sub == "/Patient":
+            return self._patient_search(req)
+        if sub.startswith("/Patient/"):
+            patient = self._store.patients.get(sub.removeprefix("/Patient/"))
+            if patient is None or patient.voided:
+                text = f"Resource Patient/{sub.removeprefix('/Patient/')} is not known"
+                return _operation_outcome(404, "processing", text)
+            return json_response(200, _patient_resource(patient, self._store.types), FHIR_JSON)
+        return _operation_outcome(404, "not-supported", f"Unknown resource type '{sub.strip('/')}'")
+
+    def _patient_search(self, req: Request) -> Response:
+        # Repeating the parameter means AND; a comma inside one value means OR.
+        groups = [value.split(",") for value in req.query.get("identifier", [])]
+        types = self._store.types
+        found = [
+            p.uuid
+            for p in self._store.patients.values()
+            if not p.voided
+            and all(any(_identifier_matches(p, t, types) for t in g) for g in groups)
+        ]
+        search_id = str(uuidlib.uuid4())
+        self._searches[search_id] = found
+        return self._bundle(req, search_id, 0, _count(req))
+
+    def _page(self, req: Request) -> Response:
+        search_id = req.param("_getpages") or ""
+        if search_id not in self._searches:
+            return _operation_outcome(410, "processing", f'Search ID "{search_id}" does not exist')
+        offset = max(int_param(req, "_getpagesoffset") or 0, 0)
+        return self._bundle(req, search_id, offset, _count(req))
+
+    def _bundle(self, req: Request, search_id: str, offset: int, count: int) -> Response:
+        found = self._searches[search_id]
+        fhir_base = req.base + FHIR
+        links = [{"relation": "self", "url": req.url + query_string(req)}]
+        if offset + count < len(found):
+            next_url = (
+                f"{fhir_base}?_getpages={search_id}&_getpagesoffset={offset + count}"
+                f"&_count={count}&_bundletype=searchset"
+            )
+            links.append({"relation": "next", "url": next_url})
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "id": str(uuidlib.uuid4()),
+            "meta": {"lastUpdated": datetime.now(UTC).isoformat()},
+            "type": "searchset",
+            "total": len(found),
+            "link": links,
+        }
+        entries = [
+            {
+                "fullUrl": f"{fhir_base}/Patient/{uuid}",
+                "resource": _patient_resource(self._store.patients[uuid], self._store.types),
+                "search": {"mode": "match"},
+            }
+            for uuid in found[offset : offset + count]
+            if uuid in self._store.patients
+        ]
+        if entries:
+            bundle["entry"] = entries
+        return json_response(200, bundle, FHIR_JSON)

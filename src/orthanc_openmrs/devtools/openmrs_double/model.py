@@ -1,0 +1,215 @@
+"""What the double holds: the seeded values, patients, attachments and injected faults.
+
+Nothing here locks; the double takes its one lock around every call into the store.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+OPENMRS_ID_TYPE_UUID = "05a29f94-c0ed-11e2-94be-8c13b969e334"
+ID_CARD_TYPE_UUID = "b4143563-16cd-4439-b288-f83d61670fc8"
+
+# The attachments module's global property: bigger images are re-encoded smaller.
+DOWNSCALE_ABOVE_BYTES = 1_200_000
+
+
+# --------------------------------------------------------------------------------------------
+# Public values
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """A patient identifier to seed: its value, the name of its type, and its flags."""
+
+    identifier: str
+    type_name: str = "OpenMRS ID"
+    voided: bool = False
+    preferred: bool = False
+
+
+@dataclass
+class StoredAttachment:
+    """An attachment as the server holds it (a complex obs and its file)."""
+
+    uuid: str
+    patient_uuid: str
+    comment: str | None
+    filename: str
+    mime_type: str
+    data: bytes
+    obs_datetime: datetime
+    voided: bool
+    # True when an image upload was over 1,200,000 bytes: the real server would store a
+    # down-scaled re-encoding instead of these bytes.
+    downscaled: bool
+    # time.time() when stored: obs_datetime keeps whole seconds, too coarse for latency
+    # benchmarks that time an upload from send to storage.
+    stored_at: float
+
+
+@dataclass
+class RecordedRequest:
+    """One request as it arrived; status is 0 until answered, and stays 0 when dropped."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Internal state
+
+
+@dataclass
+class IdType:
+    uuid: str
+    name: str
+
+
+@dataclass
+class PatientId:
+    uuid: str
+    identifier: str
+    type_uuid: str
+    preferred: bool
+    voided: bool
+
+
+@dataclass
+class Patient:
+    uuid: str
+    name_uuid: str
+    given: str
+    family: str
+    gender: str
+    birthdate: date | None
+    voided: bool
+    created: datetime
+    identifiers: list[PatientId]
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.given} {self.family}".strip()
+
+    def active_ids(self) -> list[PatientId]:
+        return [i for i in self.identifiers if not i.voided]
+
+    def main_id(self) -> PatientId | None:
+        # The preferred active identifier, else the first active one (Patient.getPatientIdentifier).
+        active = self.active_ids()
+        return next((i for i in active if i.preferred), active[0] if active else None)
+
+    def display(self) -> str:
+        main = self.main_id()
+        return "" if main is None else f"{main.identifier} - {self.full_name}"
+
+
+@dataclass(frozen=True)
+class FileData:
+    """A file as it is to be stored: its name, MIME type and bytes."""
+
+    filename: str
+    mime_type: str
+    data: bytes
+
+
+@dataclass
+class Faults:
+    """What the next requests should suffer; see the double's fault-injection methods."""
+
+    fail_uploads: int = 0
+    fail_status: int = 500
+    drop_uploads: int = 0
+    outage: int | None = None
+
+
+def now() -> datetime:
+    # obs_datetime is a DATETIME column without fractions: what is read back has whole seconds.
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class Store:
+    """Identifier types, patients and attachments, with the rules that apply when seeding."""
+
+    def __init__(self) -> None:
+        self.created = now()
+        self.types: dict[str, IdType] = {}
+        self.patients: dict[str, Patient] = {}
+        self.attachments: dict[str, StoredAttachment] = {}
+
+    def add_identifier_type(self, name: str, uuid: str | None = None) -> str:
+        if any(t.name == name for t in self.types.values()):
+            raise ValueError(f"identifier type {name!r} already exists")
+        kind = IdType(uuid or str(uuidlib.uuid4()), name)
+        self.types[kind.uuid] = kind
+        return kind.uuid
+
+    def find_type(self, key: str) -> IdType | None:
+        """A type by uuid, or failing that by name."""
+        return self.types.get(key) or next((t for t in self.types.values() if t.name == key), None)
+
+    def new_identifiers(self, identifiers: Sequence[Identifier | str]) -> list[PatientId]:
+        """A new patient's identifiers; a plain string is an "OpenMRS ID"."""
+        idents = [self._new_identifier(i) for i in identifiers]
+        if idents and not any(i.preferred for i in idents):
+            # OpenMRS always has one preferred identifier; the first one by default.
+            idents[0].preferred = True
+        return idents
+
+    def _new_identifier(self, spec: Identifier | str) -> PatientId:
+        ident = Identifier(spec) if isinstance(spec, str) else spec
+        kind = next((t for t in self.types.values() if t.name == ident.type_name), None)
+        if kind is None:
+            raise ValueError(f"unknown identifier type {ident.type_name!r}")
+        return PatientId(
+            str(uuidlib.uuid4()), ident.identifier, kind.uuid, ident.preferred, ident.voided
+        )
+
+    def void_identifier(self, patient_uuid: str, identifier: str) -> None:
+        for ident in self.patients[patient_uuid].identifiers:
+            if ident.identifier == identifier:
+                ident.voided = True
+
+    def store_attachment(
+        self, patient_uuid: str, comment: str | None, file: FileData, obs_datetime: datetime
+    ) -> StoredAttachment:
+        image = file.mime_type.startswith("image/")
+        att = StoredAttachment(
+            uuid=str(uuidlib.uuid4()),
+            patient_uuid=patient_uuid,
+            comment=comment,
+            filename=file.filename,
+            mime_type=file.mime_type,
+            data=file.data,
+            obs_datetime=obs_datetime,
+            voided=False,
+            downscaled=image and len(file.data) > DOWNSCALE_ABOVE_BYTES,
+            stored_at=time.time(),
+        )
+        self.attachments[att.uuid] = att
+        return att
+
+    def newest_first(
+        self, patient_uuid: str | None, include_voided: bool
+    ) -> list[StoredAttachment]:
+        # Ties on obs_datetime (whole seconds) put the later upload first.
+        ranked = sorted(
+            enumerate(self.attachments.values()),
+            key=lambda pair: (pair[1].obs_datetime, pair[0]),
+            reverse=True,
+        )
+        return [
+            att
+            for _, att in ranked
+            if (patient_uuid is None or att.patient_uuid == patient_uuid)
+            and (include_voided or not att.voided)
+        ]
