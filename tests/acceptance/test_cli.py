@@ -164,7 +164,9 @@ def test_help_lists_every_setting() -> None:
         assert name.upper() in done.stdout or "password" in name
 
 
-@pytest.mark.parametrize("command", ["run", "sync", "status"])
+@pytest.mark.parametrize(
+    "command", ["run", "sync", "status", "reconcile", "review", "link", "retry", "ignore", "audit"]
+)
 def test_every_command_is_documented(command: str) -> None:
     """Each command has --help and appears in the README."""
     assert _run({}, command, "--help").returncode == 0
