@@ -25,6 +25,7 @@ from orthanc_openmrs.errors import ConfigError, CredentialsRefused, SyncError
 from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import Backoff
 from orthanc_openmrs.service import PassSummary, Service, ServiceOptions
 from orthanc_openmrs.store import Store, StudyRow
@@ -164,7 +165,9 @@ def _configure_logging(verbose: bool) -> None:
 
 # -- wiring ------------------------------------------------------------------------------------
 @contextmanager
-def build_service(settings: Settings, *, dry_run: bool = False) -> Iterator[Service]:
+def build_service(
+    settings: Settings, *, dry_run: bool = False, progress: Progress | None = None
+) -> Iterator[Service]:
     """The service with its clients and store, closed on exit."""
     connections = settings.sync_workers * 2 + 2
     orthanc = OrthancClient(
@@ -195,6 +198,7 @@ def build_service(settings: Settings, *, dry_run: bool = False) -> Iterator[Serv
                 reconcile_interval=settings.sync_reconcile_interval,
                 keep_deleted=settings.sync_keep_deleted,
             ),
+            progress=progress,
         )
     finally:
         orthanc.close()
@@ -208,12 +212,14 @@ def _secret(value: SecretStr) -> str:
 
 # -- commands ----------------------------------------------------------------------------------
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    with build_service(settings, dry_run=args.dry_run) as service:
+    progress = Progress(0, sys.stderr, terminal=sys.stderr.isatty())
+    with build_service(settings, dry_run=args.dry_run, progress=progress) as service:
         service.openmrs.check_credentials()
         if args.study:
             _print_results(service.sync_now(args.study))
             return EXIT_OK
         summary = service.run_pass()
+        progress.finish()
         requests = {"orthanc": service.orthanc.requests, "openmrs": service.openmrs.requests}
         if args.json:
             print(json.dumps(_summary_json(summary, requests, dry_run=args.dry_run), indent=2))
@@ -232,6 +238,10 @@ def _summary_json(
         "discovered": summary.discovered,
         "counts": {o.value: summary.counts.get(o, 0) for o in Outcome},
         "requests": requests,
+        "would_attach": [
+            {"study_uid": r.study_uid, "patient_uuid": r.patient_uuid, "caption": r.caption}
+            for r in summary.planned
+        ],
         "needs_a_person": [
             {
                 "orthanc_id": r.orthanc_id,
@@ -250,8 +260,15 @@ def _print_summary(summary: PassSummary, *, dry_run: bool) -> None:
     for outcome in Outcome:
         label = "would attach" if dry_run and outcome is Outcome.SYNCED else outcome.value
         print(f"  {label:<14}{summary.counts.get(outcome, 0):>7}")
+    if dry_run and summary.planned:
+        print("\nWould attach:")
+        for result in summary.planned:
+            print(f"  {result.study_uid} -> patient {result.patient_uuid}")
+            print(f"      {result.caption}")
+        if len(summary.planned) < summary.counts.get(Outcome.SYNCED, 0):
+            print(f"  ... and {summary.counts[Outcome.SYNCED] - len(summary.planned)} more")
     if summary.problems:
-        print("\nNeeding a person (see `orthanc-openmrs status` for all):")
+        print("\nNeeding a person (see `orthanc-openmrs review` for all):")
         for result in summary.problems:
             print(f"  {result.outcome.value:<10} {result.study_uid or result.orthanc_id}")
             print(f"             {result.reason}")

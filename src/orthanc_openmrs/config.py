@@ -96,6 +96,9 @@ class Settings(BaseSettings):
         60.0, ge=0, description="First retry delay (seconds) of a study that could not sync"
     )
     sync_retry_max: float = Field(3600.0, ge=0, description="Longest retry delay (seconds)")
+    sync_rate_limit: float = Field(
+        0.0, ge=0, description="Most uploads per second to OpenMRS (0: no limit)"
+    )
     sync_reconcile_interval: float = Field(
         600.0, gt=0, description="Seconds between reconciliation sweeps in run"
     )

@@ -22,6 +22,8 @@ from orthanc_openmrs.errors import ConfigError, CredentialsRefused, OrthancNotFo
 from orthanc_openmrs.models import Outcome, State, StudyResult, Voided
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs.pacing import RateLimit
+from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
 from orthanc_openmrs.store import BACKLOG, LIVE, AuditRow, Store, StudyRow
 from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions
@@ -31,6 +33,7 @@ log = structlog.get_logger("orthanc_openmrs")
 CHANGES_PAGE = 1000
 STUDIES_PAGE = 1000
 _EXAMPLES_KEPT = 50
+_PLANNED_KEPT = 500
 _PROBLEMS = (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.FAILED)
 
 Clock = Callable[[], float]
@@ -42,13 +45,16 @@ class PassSummary:
 
     counts: Counter[Outcome] = field(default_factory=Counter)
     problems: list[StudyResult] = field(default_factory=list)
+    planned: list[StudyResult] = field(default_factory=list)  # what a dry run would attach
     discovered: int = 0
     interrupted: str = ""
 
-    def add(self, result: StudyResult) -> None:
+    def add(self, result: StudyResult, *, dry_run: bool = False) -> None:
         self.counts[result.outcome] += 1
         if result.outcome in _PROBLEMS and len(self.problems) < _EXAMPLES_KEPT:
             self.problems.append(result)
+        if dry_run and result.caption and len(self.planned) < _PLANNED_KEPT:
+            self.planned.append(result)
 
     @property
     def total(self) -> int:
@@ -84,6 +90,7 @@ class Service:
         clock: Clock = time.time,
         jitter: Callable[[], float] = random.random,
         on_result: Callable[[StudyResult], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -93,6 +100,9 @@ class Service:
         self._clock = clock
         self._jitter = jitter
         self.on_result = on_result
+        self.progress = progress
+        # One limiter for every pass, so a rate limit holds across passes in `run`.
+        self._rate = RateLimit(sync_options.rate_limit)
 
     # -- discovery -------------------------------------------------------------------------
     def discover(self) -> int:
@@ -149,6 +159,8 @@ class Service:
         started = self._clock()
         summary = PassSummary()
         summary.discovered = self.discover()
+        if self.progress:
+            self.progress.add_total(self.store.count_due(self._clock()))
         syncer = self._syncer()
         last_poll = self._clock()
         inflight: dict[Future[StudyResult], str] = {}
@@ -157,7 +169,10 @@ class Service:
             try:
                 while not (stop and stop.is_set()):
                     if self._clock() - last_poll >= self.options.poll_interval:
-                        summary.discovered += self._follow_changes()  # new studies go first
+                        found = self._follow_changes()  # new studies go before the backlog
+                        summary.discovered += found
+                        if self.progress:
+                            self.progress.add_total(found)
                         last_poll = self._clock()
                     if len(inflight) < window:
                         for row in self.store.claim_due(
@@ -188,13 +203,16 @@ class Service:
             if self.sync_options.lookup.value == "fhir"
             else self.openmrs.find_patients_rest
         )
-        return StudySync(self.orthanc, self.openmrs, self.sync_options, PatientCache(search))
+        return StudySync(
+            self.orthanc, self.openmrs, self.sync_options, PatientCache(search), self._rate
+        )
 
     # -- recording -------------------------------------------------------------------------
     def _record(self, result: StudyResult, summary: PassSummary) -> None:
         now = self._clock()
-        summary.add(result)
+        summary.add(result, dry_run=self.sync_options.dry_run)
         if self.sync_options.dry_run:
+            self.store.touch(result.orthanc_id, now)  # once per pass, even in a dry run
             self._report(result)
             return
         row = self.store.get(result.orthanc_id)
@@ -278,6 +296,8 @@ class Service:
             log.info(event, **fields)
         if self.on_result:
             self.on_result(result)
+        if self.progress:
+            self.progress(result)
 
     # -- one study, by a person ------------------------------------------------------------
     def resolve(self, reference: str) -> list[str]:

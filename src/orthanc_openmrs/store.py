@@ -287,6 +287,21 @@ class Store:
                 },
             )
 
+    def count_due(self, now: float) -> int:
+        rows = self._query(
+            "SELECT COUNT(*) AS n FROM studies WHERE next_attempt_at IS NOT NULL "
+            "AND next_attempt_at <= ?",
+            (now,),
+        )
+        return int(rows[0]["n"])
+
+    def touch(self, orthanc_id: str, now: float) -> None:
+        """Looked at in this pass (a dry run), nothing else changes."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET last_attempt_at = ? WHERE orthanc_id = ?", (now, orthanc_id)
+            )
+
     def record_waiting(self, orthanc_id: str, next_attempt_at: float, now: float) -> None:
         """The study is still receiving instances: look again later, count no attempt."""
         with self._tx() as db:

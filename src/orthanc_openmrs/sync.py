@@ -33,6 +33,7 @@ from orthanc_openmrs.models import (
 )
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.representative import Representative, RepresentativeFinder
 
 
@@ -47,6 +48,7 @@ class SyncOptions:
     max_side: int
     max_bytes: int
     dry_run: bool = False
+    rate_limit: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> SyncOptions:
@@ -60,6 +62,7 @@ class SyncOptions:
             max_side=settings.sync_preview_max_side,
             max_bytes=settings.sync_preview_max_bytes,
             dry_run=dry_run,
+            rate_limit=settings.sync_rate_limit,
         )
 
 
@@ -102,6 +105,7 @@ class StudySync:
         openmrs: OpenMRSClient,
         options: SyncOptions,
         patients: PatientCache | None = None,
+        rate: RateLimit | None = None,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -114,6 +118,7 @@ class StudySync:
         self.patients = patients or PatientCache(search)
         self.finder = RepresentativeFinder(orthanc, options.max_side, options.max_bytes)
         self._uid_lock = _UidLocks()
+        self.rate = rate or RateLimit(options.rate_limit)
 
     def sync(self, orthanc_id: str, prior: Prior | None = None) -> StudyResult:
         """One attempt at one study.
@@ -249,6 +254,7 @@ class StudySync:
         )
 
     def _upload(self, study: Study, chosen: Representative, done: StudyResult) -> StudyResult:
+        self.rate.acquire()
         try:
             uuid = self.openmrs.upload(done.patient_uuid, chosen.file, done.caption)
         except UploadOutcomeUnknown as exc:

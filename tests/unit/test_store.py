@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from orthanc_openmrs.models import Outcome, State, StudyResult
+from orthanc_openmrs.store import BACKLOG, LIVE, Store
+
+
+def test_live_studies_go_before_the_backlog(tmp_path: Path) -> None:
+    """A study from the changes feed is claimed before 1,000 older backlog studies."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover([f"b{i}" for i in range(1000)], 10.0, priority=BACKLOG, due_at=10.0)
+    store.note_stable(["live"], 20.0)
+    claimed = store.claim_due(30.0, 5, exclude=set(), not_tried_since=0.0)
+    assert claimed[0].orthanc_id == "live"
+    assert len(claimed) == 5
+
+
+def test_claim_skips_in_flight_and_already_tried(tmp_path: Path) -> None:
+    """In-flight studies and those tried since the pass began are not handed out again."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["a", "b", "c"], 1.0, priority=LIVE, due_at=1.0)
+    store.record(StudyResult("a", Outcome.FAILED), State.FAILED, 5.0, 5.0)
+    claimed = store.claim_due(6.0, 10, exclude={"b"}, not_tried_since=4.0)
+    assert [row.orthanc_id for row in claimed] == ["c"]
+
+
+def test_cursor_never_goes_back(tmp_path: Path) -> None:
+    """advance_cursor ignores a lower sequence number; reset_cursor does not."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.advance_cursor(50)
+    store.advance_cursor(40)
+    assert store.cursor() == 50
+    store.reset_cursor(3)
+    assert store.cursor() == 3
+
+
+def test_synced_study_seen_stable_again_is_rechecked_not_reset(tmp_path: Path) -> None:
+    """StableStudy again on a synced study makes it due for a recheck; state stays synced."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["s"], 1.0, priority=LIVE, due_at=1.0)
+    store.record(
+        StudyResult("s", Outcome.SYNCED, attachment_uuid="att", patient_uuid="p"),
+        State.SYNCED,
+        2.0,
+        None,
+    )
+    assert store.claim_due(3.0, 10, exclude=set(), not_tried_since=3.0) == []
+    store.note_stable(["s"], 4.0)
+    (row,) = store.claim_due(5.0, 10, exclude=set(), not_tried_since=4.5)
+    assert row.state is State.SYNCED
+    assert row.prior.synced
+
+
+def test_gone_study_that_returns_is_pending_again(tmp_path: Path) -> None:
+    """A deleted study sent to Orthanc again (same Orthanc ID) is pending once more."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["g"], 1.0, priority=LIVE, due_at=1.0)
+    store.set_state("g", State.GONE, "deleted", 2.0)
+    store.note_stable(["g"], 3.0)
+    row = store.get("g")
+    assert row is not None
+    assert row.state is State.PENDING
+
+
+def test_ignored_study_is_left_alone(tmp_path: Path) -> None:
+    """An ignored study is not made due by a StableStudy."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["i"], 1.0, priority=LIVE, due_at=1.0)
+    store.set_state("i", State.IGNORED, "by a person", 2.0)
+    store.note_stable(["i"], 3.0)
+    assert store.claim_due(4.0, 10, exclude=set(), not_tried_since=0.0) == []
