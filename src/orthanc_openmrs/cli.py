@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import json
 import logging
@@ -12,23 +11,21 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from pydantic import SecretStr
 
-from orthanc_openmrs import __version__
+from orthanc_openmrs import __version__, report
 from orthanc_openmrs.config import Settings, env_name, load_settings
 from orthanc_openmrs.errors import ConfigError, CredentialsRefused, SyncError
-from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import Backoff
-from orthanc_openmrs.service import PassSummary, Service, ServiceOptions
-from orthanc_openmrs.store import Store, StudyRow
+from orthanc_openmrs.service import Service, ServiceOptions
+from orthanc_openmrs.store import Store
 from orthanc_openmrs.sync import SyncOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
@@ -216,62 +213,19 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     with build_service(settings, dry_run=args.dry_run, progress=progress) as service:
         service.openmrs.check_credentials()
         if args.study:
-            _print_results(service.sync_now(args.study))
+            report.print_results(service.sync_now(args.study))
             return EXIT_OK
         summary = service.run_pass()
         progress.finish()
         requests = {"orthanc": service.orthanc.requests, "openmrs": service.openmrs.requests}
         if args.json:
-            print(json.dumps(_summary_json(summary, requests, dry_run=args.dry_run), indent=2))
+            print(
+                json.dumps(report.summary_json(summary, requests, dry_run=args.dry_run), indent=2)
+            )
         else:
-            _print_summary(summary, dry_run=args.dry_run)
+            report.print_summary(summary, dry_run=args.dry_run)
             print(f"\nHTTP requests: Orthanc {requests['orthanc']}, OpenMRS {requests['openmrs']}")
     return EXIT_OK
-
-
-def _summary_json(
-    summary: PassSummary, requests: dict[str, int], *, dry_run: bool
-) -> dict[str, Any]:
-    return {
-        "dry_run": dry_run,
-        "studies": summary.total,
-        "discovered": summary.discovered,
-        "counts": {o.value: summary.counts.get(o, 0) for o in Outcome},
-        "requests": requests,
-        "would_attach": [
-            {"study_uid": r.study_uid, "patient_uuid": r.patient_uuid, "caption": r.caption}
-            for r in summary.planned
-        ],
-        "needs_a_person": [
-            {
-                "orthanc_id": r.orthanc_id,
-                "study_uid": r.study_uid,
-                "outcome": r.outcome.value,
-                "reason": r.reason,
-            }
-            for r in summary.problems
-        ],
-    }
-
-
-def _print_summary(summary: PassSummary, *, dry_run: bool) -> None:
-    title = "Dry run (nothing written to OpenMRS)" if dry_run else "Pass complete"
-    print(f"{title}: {summary.total} studies looked at, {summary.discovered} newly found")
-    for outcome in Outcome:
-        label = "would attach" if dry_run and outcome is Outcome.SYNCED else outcome.value
-        print(f"  {label:<14}{summary.counts.get(outcome, 0):>7}")
-    if dry_run and summary.planned:
-        print("\nWould attach:")
-        for result in summary.planned:
-            print(f"  {result.study_uid} -> patient {result.patient_uuid}")
-            print(f"      {result.caption}")
-        if len(summary.planned) < summary.counts.get(Outcome.SYNCED, 0):
-            print(f"  ... and {summary.counts[Outcome.SYNCED] - len(summary.planned)} more")
-    if summary.problems:
-        print("\nNeeding a person (see `orthanc-openmrs review` for all):")
-        for result in summary.problems:
-            print(f"  {result.outcome.value:<10} {result.study_uid or result.orthanc_id}")
-            print(f"             {result.reason}")
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -296,54 +250,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.sync_database)
     try:
-        counts = store.counts()
-        rows = store.needing_a_person()
+        counts, rows = store.counts(), store.needing_a_person()
     finally:
         store.close()
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "counts": {state.value: n for state, n in counts.items()},
-                    "needs_a_person": [
-                        {
-                            "orthanc_id": r.orthanc_id,
-                            "study_uid": r.study_uid,
-                            "state": r.state.value,
-                            "reason": r.reason,
-                            "patient_id": r.dicom_patient_id,
-                            "attempts": r.attempts,
-                            "retried": r.next_attempt_at is not None,
-                        }
-                        for r in rows
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return EXIT_OK
-    print("Studies by state:")
-    for state in State:
-        print(f"  {state.value:<10}{counts[state]:>8}")
-    needing = [r for r in rows if r.state in NEEDS_A_PERSON]
-    if needing:
-        print("\nNeeding a person:")
-        for r in needing:
-            retry = "retried automatically" if r.next_attempt_at is not None else "not retried"
-            print(f"  {r.state.value:<10} {r.study_uid or r.orthanc_id} ({retry})")
-            print(f"             {r.reason}")
+    report.print_status(counts, rows, as_json=args.json)
     return EXIT_OK
-
-
-def _print_results(results: Sequence[StudyResult]) -> None:
-    for result in results:
-        print(f"{result.outcome.value}: {result.study_uid or result.orthanc_id}")
-        if result.reason:
-            print(f"  reason: {result.reason}")
-        if result.patient_uuid:
-            print(f"  patient: {result.patient_uuid}")
-        if result.caption:
-            print(f"  caption: {result.caption}")
 
 
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
@@ -355,7 +266,7 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         f"Reconciled: {sweep.seen} studies in Orthanc, {sweep.new} not known before, "
         f"{sweep.deleted} deleted from Orthanc ({sweep.voided} attachments voided)"
     )
-    _print_summary(summary, dry_run=False)
+    report.print_summary(summary, dry_run=False)
     return EXIT_OK
 
 
@@ -365,55 +276,21 @@ def _cmd_review(args: argparse.Namespace, settings: Settings) -> int:
         rows = store.needing_a_person()
     finally:
         store.close()
-    if args.json:
-        print(json.dumps([_review_item(r) for r in rows], indent=2))
-        return EXIT_OK
-    if not rows:
-        print("Nothing needs a person.")
-    for r in rows:
-        print(f"{r.state.value.upper()}  {r.study_uid or r.orthanc_id}  (Orthanc {r.orthanc_id})")
-        print(f"  reason:   {r.reason}")
-        print(
-            f"  DICOM:    PatientID {r.dicom_patient_id!r}, name {r.patient_name!r}, "
-            f"born {r.birth_date or '?'}"
-        )
-        print(f"  study:    {r.study_date or '?'} {r.description}")
-        for candidate in r.candidate_patients:
-            print(f"  candidate patient: {candidate}")
-        print(
-            f"  decide:   orthanc-openmrs link {r.orthanc_id} PATIENT_UUID  |  "
-            f"retry {r.orthanc_id}  |  ignore {r.orthanc_id}\n"
-        )
+    report.print_review(rows, as_json=args.json)
     return EXIT_OK
-
-
-def _review_item(r: StudyRow) -> dict[str, Any]:
-    return {
-        "orthanc_id": r.orthanc_id,
-        "study_uid": r.study_uid,
-        "state": r.state.value,
-        "reason": r.reason,
-        "patient_id": r.dicom_patient_id,
-        "patient_name": r.patient_name,
-        "birth_date": r.birth_date,
-        "study_date": r.study_date,
-        "description": r.description,
-        "candidate_patients": list(r.candidate_patients),
-        "attempts": r.attempts,
-    }
 
 
 def _cmd_link(args: argparse.Namespace, settings: Settings) -> int:
     with build_service(settings) as service:
         service.openmrs.check_credentials()
-        _print_results(service.link(args.study, args.patient, args.by))
+        report.print_results(service.link(args.study, args.patient, args.by))
     return EXIT_OK
 
 
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     with build_service(settings) as service:
         service.openmrs.check_credentials()
-        _print_results(service.sync_now(args.study, reset=True))
+        report.print_results(service.sync_now(args.study, reset=True))
     return EXIT_OK
 
 
@@ -430,14 +307,5 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         rows = store.audit(args.study)
     finally:
         store.close()
-    if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return EXIT_OK
-    for r in rows:
-        when = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(
-            f"{when}Z  {r.action:<7} study {r.study_uid or r.orthanc_id}  "
-            f"patient {r.patient_uuid or '-'}  attachment {r.attachment_uuid or '-'}  "
-            f"{r.reason}"
-        )
+    report.print_audit(rows, as_json=args.json)
     return EXIT_OK

@@ -18,20 +18,20 @@ from dataclasses import dataclass, field
 import structlog
 
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
-from orthanc_openmrs.errors import ConfigError, CredentialsRefused, OrthancNotFound, ServerError
-from orthanc_openmrs.models import Outcome, State, StudyResult, Voided
+from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
+from orthanc_openmrs.models import Outcome, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
-from orthanc_openmrs.store import BACKLOG, LIVE, AuditRow, Store, StudyRow
+from orthanc_openmrs.store import BACKLOG, LIVE, Store, StudyRow
 from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions
+from orthanc_openmrs.upkeep import STUDIES_PAGE, SweepSummary, Upkeep
 
 log = structlog.get_logger("orthanc_openmrs")
 
 CHANGES_PAGE = 1000
-STUDIES_PAGE = 1000
 _EXAMPLES_KEPT = 50
 _PLANNED_KEPT = 500
 _PROBLEMS = (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.FAILED)
@@ -59,14 +59,6 @@ class PassSummary:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-@dataclass(frozen=True)
-class SweepSummary:
-    seen: int
-    new: int
-    deleted: int
-    voided: int
 
 
 @dataclass(frozen=True)
@@ -101,6 +93,9 @@ class Service:
         self._jitter = jitter
         self.on_result = on_result
         self.progress = progress
+        self.upkeep = Upkeep(
+            orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
+        )
         # One limiter for every pass, so a rate limit holds across passes in `run`.
         self._rate = RateLimit(sync_options.rate_limit)
 
@@ -223,64 +218,14 @@ class Service:
         else:
             self.store.record(result, decision.state, now, decision.next_attempt_at)
         if result.created:
-            self._audit(
+            self.upkeep.audit(
                 result, "create", result.attachment_uuid, result.patient_uuid, result.reason
             )
         for item in result.voided:
-            self._audit(result, "void", item.attachment_uuid, item.patient_uuid, item.reason)
+            self.upkeep.audit(result, "void", item.attachment_uuid, item.patient_uuid, item.reason)
         if decision.state is State.SYNCED:
-            self._supersede_others(result)
+            self.upkeep.supersede_others(result)
         self._report(result)
-
-    def _audit(
-        self, result: StudyResult, action: str, attachment: str, patient: str, reason: str
-    ) -> None:
-        self.store.add_audit(
-            AuditRow(
-                self._clock(),
-                result.orthanc_id,
-                result.study_uid,
-                action,
-                patient,
-                attachment,
-                reason,
-            )
-        )
-
-    def _supersede_others(self, result: StudyResult) -> None:
-        """One StudyInstanceUID, one attachment: older Orthanc identities of the same study (a
-        corrected PatientID) give up theirs, voided when it sits on another chart."""
-        for other in self.store.synced_with_uid(result.study_uid):
-            if other.orthanc_id == result.orthanc_id:
-                continue
-            reason = f"superseded by Orthanc study {result.orthanc_id}"
-            if other.attachment_uuid and other.attachment_uuid != result.attachment_uuid:
-                why = f"the study now belongs to patient {result.patient_uuid}"
-                self._void(other.attachment_uuid, other.patient_uuid)
-                self._audit(
-                    StudyResult(other.orthanc_id, Outcome.SUPERSEDED, study_uid=other.study_uid),
-                    "void",
-                    other.attachment_uuid,
-                    other.patient_uuid,
-                    why,
-                )
-            self.store.set_state(other.orthanc_id, State.SUPERSEDED, reason, self._clock())
-            log.info(
-                "study.superseded",
-                orthanc_id=other.orthanc_id,
-                study_uid=other.study_uid,
-                by=result.orthanc_id,
-            )
-
-    def _void(self, attachment_uuid: str, patient_uuid: str) -> None:
-        try:
-            self.openmrs.void_attachment(attachment_uuid)
-        except ServerError as exc:
-            # An attachment someone already purged gives a 500 too: gone is what we wanted.
-            if exc.status != 500 or any(
-                a.uuid == attachment_uuid for a in self.openmrs.attachments(patient_uuid)
-            ):
-                raise
 
     def _report(self, result: StudyResult) -> None:
         event = "study." + result.outcome.value.replace(" ", "_")
@@ -343,7 +288,7 @@ class Service:
         for orthanc_id in ids:
             self.store.link_manually(orthanc_id, patient_uuid, by, self._clock())
             row = self.store.get(orthanc_id)
-            self._audit(
+            self.upkeep.audit(
                 StudyResult(orthanc_id, Outcome.SYNCED, study_uid=row.study_uid if row else ""),
                 "link",
                 "",
@@ -361,7 +306,7 @@ class Service:
             )
             row = self.store.get(orthanc_id)
             if row:
-                self._audit(
+                self.upkeep.audit(
                     StudyResult(orthanc_id, Outcome.FAILED, study_uid=row.study_uid),
                     "ignore",
                     row.attachment_uuid,
@@ -371,68 +316,9 @@ class Service:
                 rows.append(row)
         return rows
 
-    # -- reconciliation --------------------------------------------------------------------
     def reconcile(self) -> SweepSummary:
-        """One sweep of Orthanc's study list against the ledger: finds studies the changes feed
-        missed, studies waiting for a StableStudy that will never come, and deleted studies
-        (their attachments are voided unless SYNC_KEEP_DELETED). One request per 1000 studies,
-        plus one per study that has disappeared."""
-        sweep = self.store.begin_sweep()
-        seen = new = offset = 0
-        while True:
-            ids = self.orthanc.study_ids(offset, STUDIES_PAGE)
-            if not ids:
-                break
-            new += self.store.mark_seen(ids, sweep, self._clock())
-            seen += len(ids)
-            offset += len(ids)
-        deleted = voided = 0
-        for row in self.store.unseen(sweep):
-            gone, void = self._forget_if_deleted(row)
-            deleted += gone
-            voided += void
-        for uid in self.store.uids_synced_twice():
-            newest = self.store.synced_with_uid(uid)[0]
-            self._supersede_others(
-                StudyResult(
-                    newest.orthanc_id,
-                    Outcome.SYNCED,
-                    study_uid=uid,
-                    patient_uuid=newest.patient_uuid,
-                    attachment_uuid=newest.attachment_uuid,
-                )
-            )
-        self.store.finish_sweep(self._clock())
-        summary = SweepSummary(seen=seen, new=new, deleted=deleted, voided=voided)
-        log.info("reconcile.done", seen=seen, new=new, deleted=deleted, voided=voided)
-        return summary
-
-    def _forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
-        try:
-            self.orthanc.study(row.orthanc_id)
-        except OrthancNotFound:
-            pass
-        else:
-            return 0, 0  # added after the sweep listed its page
-        voided = 0
-        reason = "deleted from Orthanc"
-        if row.state is State.SYNCED and row.attachment_uuid and not self.options.keep_deleted:
-            self._void(row.attachment_uuid, row.patient_uuid)
-            self._audit(
-                StudyResult(row.orthanc_id, Outcome.GONE, study_uid=row.study_uid),
-                "void",
-                row.attachment_uuid,
-                row.patient_uuid,
-                reason,
-            )
-            voided = 1
-        elif row.state is State.SYNCED and row.attachment_uuid:
-            reason += "; its attachment is kept (SYNC_KEEP_DELETED)"
-        self.store.set_state(row.orthanc_id, State.GONE, reason, self._clock())
-        log.info(
-            "study.deleted", orthanc_id=row.orthanc_id, study_uid=row.study_uid, voided=bool(voided)
-        )
-        return 1, voided
+        """One sweep of Orthanc's study list against the ledger (see Upkeep.reconcile)."""
+        return self.upkeep.reconcile()
 
     # -- long-running ----------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:
@@ -456,4 +342,4 @@ class Service:
             stop.wait(delay)
 
 
-__all__ = ["PassSummary", "Service", "ServiceOptions", "SweepSummary", "Voided"]
+__all__ = ["PassSummary", "Service", "ServiceOptions", "SweepSummary"]

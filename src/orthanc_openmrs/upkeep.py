@@ -1,0 +1,157 @@
+"""Keeping OpenMRS in step with what Orthanc really holds: the reconciliation sweep, deleted
+studies, one attachment per StudyInstanceUID, voiding, and the audit trail of every change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from orthanc_openmrs.errors import OrthancNotFound, ServerError
+from orthanc_openmrs.models import Outcome, State, StudyResult
+from orthanc_openmrs.openmrs import OpenMRSClient
+from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs.store import AuditRow, Store, StudyRow
+
+log = structlog.get_logger("orthanc_openmrs")
+
+STUDIES_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    seen: int
+    new: int
+    deleted: int
+    voided: int
+
+
+class Upkeep:
+    def __init__(
+        self,
+        orthanc: OrthancClient,
+        openmrs: OpenMRSClient,
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        keep_deleted: bool,
+    ) -> None:
+        self.orthanc = orthanc
+        self.openmrs = openmrs
+        self.store = store
+        self._clock = clock
+        self.keep_deleted = keep_deleted
+
+    def audit(
+        self, result: StudyResult, action: str, attachment: str, patient: str, reason: str
+    ) -> None:
+        self.store.add_audit(
+            AuditRow(
+                self._clock(),
+                result.orthanc_id,
+                result.study_uid,
+                action,
+                patient,
+                attachment,
+                reason,
+            )
+        )
+
+    def supersede_others(self, result: StudyResult) -> None:
+        """One StudyInstanceUID, one attachment: older Orthanc identities of the same study (a
+        corrected PatientID) give up theirs, voided when it sits on another chart."""
+        for other in self.store.synced_with_uid(result.study_uid):
+            if other.orthanc_id == result.orthanc_id:
+                continue
+            reason = f"superseded by Orthanc study {result.orthanc_id}"
+            if other.attachment_uuid and other.attachment_uuid != result.attachment_uuid:
+                why = f"the study now belongs to patient {result.patient_uuid}"
+                self.void(other.attachment_uuid, other.patient_uuid)
+                self.audit(
+                    StudyResult(other.orthanc_id, Outcome.SUPERSEDED, study_uid=other.study_uid),
+                    "void",
+                    other.attachment_uuid,
+                    other.patient_uuid,
+                    why,
+                )
+            self.store.set_state(other.orthanc_id, State.SUPERSEDED, reason, self._clock())
+            log.info(
+                "study.superseded",
+                orthanc_id=other.orthanc_id,
+                study_uid=other.study_uid,
+                by=result.orthanc_id,
+            )
+
+    def void(self, attachment_uuid: str, patient_uuid: str) -> None:
+        try:
+            self.openmrs.void_attachment(attachment_uuid)
+        except ServerError as exc:
+            # An attachment someone already purged gives a 500 too: gone is what we wanted.
+            if exc.status != 500 or any(
+                a.uuid == attachment_uuid for a in self.openmrs.attachments(patient_uuid)
+            ):
+                raise
+
+    # -- reconciliation --------------------------------------------------------------------
+    def reconcile(self) -> SweepSummary:
+        """One sweep of Orthanc's study list against the ledger: finds studies the changes feed
+        missed, studies waiting for a StableStudy that will never come, and deleted studies
+        (their attachments are voided unless SYNC_KEEP_DELETED). One request per 1000 studies,
+        plus one per study that has disappeared."""
+        sweep = self.store.begin_sweep()
+        seen = new = offset = 0
+        while True:
+            ids = self.orthanc.study_ids(offset, STUDIES_PAGE)
+            if not ids:
+                break
+            new += self.store.mark_seen(ids, sweep, self._clock())
+            seen += len(ids)
+            offset += len(ids)
+        deleted = voided = 0
+        for row in self.store.unseen(sweep):
+            gone, void = self._forget_if_deleted(row)
+            deleted += gone
+            voided += void
+        for uid in self.store.uids_synced_twice():
+            newest = self.store.synced_with_uid(uid)[0]
+            self.supersede_others(
+                StudyResult(
+                    newest.orthanc_id,
+                    Outcome.SYNCED,
+                    study_uid=uid,
+                    patient_uuid=newest.patient_uuid,
+                    attachment_uuid=newest.attachment_uuid,
+                )
+            )
+        self.store.finish_sweep(self._clock())
+        summary = SweepSummary(seen=seen, new=new, deleted=deleted, voided=voided)
+        log.info("reconcile.done", seen=seen, new=new, deleted=deleted, voided=voided)
+        return summary
+
+    def _forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
+        try:
+            self.orthanc.study(row.orthanc_id)
+        except OrthancNotFound:
+            pass
+        else:
+            return 0, 0  # added after the sweep listed its page
+        voided = 0
+        reason = "deleted from Orthanc"
+        if row.state is State.SYNCED and row.attachment_uuid and not self.keep_deleted:
+            self.void(row.attachment_uuid, row.patient_uuid)
+            self.audit(
+                StudyResult(row.orthanc_id, Outcome.GONE, study_uid=row.study_uid),
+                "void",
+                row.attachment_uuid,
+                row.patient_uuid,
+                reason,
+            )
+            voided = 1
+        elif row.state is State.SYNCED and row.attachment_uuid:
+            reason += "; its attachment is kept (SYNC_KEEP_DELETED)"
+        self.store.set_state(row.orthanc_id, State.GONE, reason, self._clock())
+        log.info(
+            "study.deleted", orthanc_id=row.orthanc_id, study_uid=row.study_uid, voided=bool(voided)
+        )
+        return 1, voided
