@@ -211,6 +211,11 @@ class Service:
             self._report(result)
             return
         row = self.store.get(result.orthanc_id)
+        if result.outcome is Outcome.GONE and row is not None and row.prior.synced:
+            # A synced study deleted from Orthanc: its attachment must go too, as in a sweep.
+            self.upkeep.forget_if_deleted(row)
+            self._report(result)
+            return
         attempts = (row.attempts if row else 0) + 1
         decision = plan(result, attempts, now, self.options.backoff, self._jitter())
         if result.outcome is Outcome.NOT_STABLE:
@@ -219,10 +224,20 @@ class Service:
             self.store.record(result, decision.state, now, decision.next_attempt_at)
         if result.created:
             self.upkeep.audit(
-                result, "create", result.attachment_uuid, result.patient_uuid, result.reason
+                (result.orthanc_id, result.study_uid),
+                "create",
+                result.attachment_uuid,
+                result.patient_uuid,
+                result.reason,
             )
         for item in result.voided:
-            self.upkeep.audit(result, "void", item.attachment_uuid, item.patient_uuid, item.reason)
+            self.upkeep.audit(
+                (result.orthanc_id, result.study_uid),
+                "void",
+                item.attachment_uuid,
+                item.patient_uuid,
+                item.reason,
+            )
         if decision.state is State.SYNCED:
             self.upkeep.supersede_others(result)
         self._report(result)
@@ -289,7 +304,7 @@ class Service:
             self.store.link_manually(orthanc_id, patient_uuid, by, self._clock())
             row = self.store.get(orthanc_id)
             self.upkeep.audit(
-                StudyResult(orthanc_id, Outcome.SYNCED, study_uid=row.study_uid if row else ""),
+                (orthanc_id, row.study_uid if row else ""),
                 "link",
                 "",
                 patient_uuid,
@@ -307,7 +322,7 @@ class Service:
             row = self.store.get(orthanc_id)
             if row:
                 self.upkeep.audit(
-                    StudyResult(orthanc_id, Outcome.FAILED, study_uid=row.study_uid),
+                    (orthanc_id, row.study_uid),
                     "ignore",
                     row.attachment_uuid,
                     row.patient_uuid,

@@ -44,13 +44,17 @@ class Upkeep:
         self.keep_deleted = keep_deleted
 
     def audit(
-        self, result: StudyResult, action: str, attachment: str, patient: str, reason: str
+        self, study: tuple[str, str], action: str, attachment: str, patient: str, reason: str
     ) -> None:
+        """One change made in OpenMRS, or a person's decision, for `orthanc-openmrs audit`.
+
+        `study` is (Orthanc ID, StudyInstanceUID)."""
+        orthanc_id, study_uid = study
         self.store.add_audit(
             AuditRow(
                 self._clock(),
-                result.orthanc_id,
-                result.study_uid,
+                orthanc_id,
+                study_uid,
                 action,
                 patient,
                 attachment,
@@ -69,7 +73,7 @@ class Upkeep:
                 why = f"the study now belongs to patient {result.patient_uuid}"
                 self.void(other.attachment_uuid, other.patient_uuid)
                 self.audit(
-                    StudyResult(other.orthanc_id, Outcome.SUPERSEDED, study_uid=other.study_uid),
+                    (other.orthanc_id, other.study_uid),
                     "void",
                     other.attachment_uuid,
                     other.patient_uuid,
@@ -110,7 +114,7 @@ class Upkeep:
             offset += len(ids)
         deleted = voided = 0
         for row in self.store.unseen(sweep):
-            gone, void = self._forget_if_deleted(row)
+            gone, void = self.forget_if_deleted(row)
             deleted += gone
             voided += void
         for uid in self.store.uids_synced_twice():
@@ -129,7 +133,9 @@ class Upkeep:
         log.info("reconcile.done", seen=seen, new=new, deleted=deleted, voided=voided)
         return summary
 
-    def _forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
+    def forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
+        """If Orthanc no longer has the study: gone, its attachment voided (unless kept).
+        Returns (deleted, voided) as 0/1 counts."""
         try:
             self.orthanc.study(row.orthanc_id)
         except OrthancNotFound:
@@ -141,7 +147,7 @@ class Upkeep:
         if row.state is State.SYNCED and row.attachment_uuid and not self.keep_deleted:
             self.void(row.attachment_uuid, row.patient_uuid)
             self.audit(
-                StudyResult(row.orthanc_id, Outcome.GONE, study_uid=row.study_uid),
+                (row.orthanc_id, row.study_uid),
                 "void",
                 row.attachment_uuid,
                 row.patient_uuid,

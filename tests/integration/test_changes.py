@@ -69,6 +69,25 @@ def test_deleted_study_gets_its_attachment_voided(orthanc, openmrs, database) ->
     assert _reconcile(settings).deleted == 0
 
 
+def test_synced_study_found_deleted_during_an_attempt_is_voided(orthanc, openmrs, database) -> None:
+    """A synced study that is gone when next looked at (a recheck, `retry`) loses its
+    attachment as in a sweep."""
+    openmrs.add_patient(["P001"])
+    ids = load(orthanc, StudySpec("vanish"))
+    settings = settings_for(orthanc, openmrs, database)
+    sync_pass(settings)
+    httpx.delete(
+        f"{orthanc.url}/studies/{ids['vanish']}", auth=(orthanc.username, orthanc.password)
+    )
+    with service(settings) as built:
+        (result,) = built.sync_now(ids["vanish"])
+    assert result.outcome is Outcome.GONE
+    assert openmrs.attachments() == []
+    row = ledger(settings).get(ids["vanish"])
+    assert row is not None
+    assert row.state is State.GONE
+
+
 def test_keep_deleted_setting_keeps_the_attachment(orthanc, openmrs, database) -> None:
     """With SYNC_KEEP_DELETED the attachment of a deleted study stays."""
     openmrs.add_patient(["P001"])
