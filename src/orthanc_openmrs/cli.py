@@ -166,38 +166,37 @@ def build_service(
     settings: Settings, *, dry_run: bool = False, progress: Progress | None = None
 ) -> Iterator[Service]:
     """The service with its clients and store, closed on exit."""
-    connections = settings.sync_workers * 2 + 2
     orthanc = OrthancClient(
         settings.orthanc_url,
         username=settings.orthanc_user,
         password=_secret(settings.orthanc_password),
         timeout=settings.sync_http_timeout,
-        connections=connections,
     )
     openmrs = OpenMRSClient(
         settings.openmrs_url,
         username=settings.openmrs_user,
         password=_secret(settings.openmrs_password),
         timeout=settings.sync_http_timeout,
-        connections=connections,
     )
     store = Store(settings.sync_database)
+    service = Service(
+        orthanc,
+        openmrs,
+        store,
+        SyncOptions.from_settings(settings, dry_run=dry_run),
+        ServiceOptions(
+            workers=settings.sync_workers,
+            backoff=Backoff(settings.sync_retry_min, settings.sync_retry_max),
+            poll_interval=settings.sync_poll_interval,
+            reconcile_interval=settings.sync_reconcile_interval,
+            keep_deleted=settings.sync_keep_deleted,
+        ),
+        progress=progress,
+    )
     try:
-        yield Service(
-            orthanc,
-            openmrs,
-            store,
-            SyncOptions.from_settings(settings, dry_run=dry_run),
-            ServiceOptions(
-                workers=settings.sync_workers,
-                backoff=Backoff(settings.sync_retry_min, settings.sync_retry_max),
-                poll_interval=settings.sync_poll_interval,
-                reconcile_interval=settings.sync_reconcile_interval,
-                keep_deleted=settings.sync_keep_deleted,
-            ),
-            progress=progress,
-        )
+        yield service
     finally:
+        service.close()
         orthanc.close()
         openmrs.close()
         store.close()

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         description="Largest preview file; OpenMRS down-scales images over 1,200,000 bytes",
     )
     sync_http_timeout: float = Field(30.0, gt=0, le=600, description="HTTP timeout in seconds")
-    sync_workers: int = Field(4, ge=1, le=64, description="Studies in flight at once")
+    sync_workers: int = Field(8, ge=1, le=64, description="Studies in flight at once")
     sync_retry_min: float = Field(
         60.0, ge=0, description="First retry delay (seconds) of a study that could not sync"
     )

@@ -19,7 +19,7 @@ import httpx
 
 from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
 from orthanc_openmrs.models import Attachment, OpenMRSPatient, PatientIdentifier, Preview
-from orthanc_openmrs.transport import describe, unreachable
+from orthanc_openmrs.transport import ThreadClients, describe, unreachable
 
 REST = "/ws/rest/v1"
 FHIR = "/ws/fhir2/R4"
@@ -38,23 +38,28 @@ class OpenMRSClient:
         username: str,
         password: str,
         timeout: float = 30.0,
-        connections: int = 8,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._username = username
-        self._client = httpx.Client(
-            base_url=base_url,
-            auth=(username, password),
-            timeout=timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            transport=transport,
+        self._clients = ThreadClients(
+            lambda: httpx.Client(
+                base_url=base_url,
+                auth=(username, password),
+                timeout=timeout,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+                transport=transport,
+            )
         )
         self._lock = threading.Lock()
         self.requests = 0
 
+    @property
+    def _client(self) -> httpx.Client:
+        return self._clients.get()
+
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 
     # -- transport -------------------------------------------------------------------------
     def _count(self) -> None:

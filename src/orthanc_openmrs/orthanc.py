@@ -20,7 +20,7 @@ from orthanc_openmrs.errors import (
     OrthancUnsupported,
 )
 from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, Series, Study
-from orthanc_openmrs.transport import describe, unreachable
+from orthanc_openmrs.transport import ThreadClients, describe, unreachable
 
 KEEPALIVE_EXPIRY = 0.8
 _JSON = "application/json"
@@ -38,26 +38,31 @@ class OrthancClient:
         username: str = "",
         password: str = "",
         timeout: float = 30.0,
-        connections: int = 8,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._client = httpx.Client(
-            base_url=base_url,
-            auth=(username, password) if username else None,
-            timeout=timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=connections,
-                max_keepalive_connections=connections,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-            ),
-            transport=transport,
+        self._clients = ThreadClients(
+            lambda: httpx.Client(
+                base_url=base_url,
+                auth=(username, password) if username else None,
+                timeout=timeout,
+                follow_redirects=False,
+                limits=httpx.Limits(
+                    max_connections=2,
+                    max_keepalive_connections=1,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
+                ),
+                transport=transport,
+            )
         )
         self.requests = 0
         self._lock = threading.Lock()
 
+    @property
+    def _client(self) -> httpx.Client:
+        return self._clients.get()
+
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 
     # -- transport -------------------------------------------------------------------------
     def _send(

@@ -27,6 +27,25 @@ def open_image(data: bytes) -> Image.Image:
     return image
 
 
+def ready_as_is(data: bytes, max_side: int, max_bytes: int) -> bool:
+    """Whether Orthanc's JPEG can be uploaded untouched: within both bounds, and not blank.
+
+    Only a reduced-scale decode is needed to tell (JPEG decoders can skip detail), which saves
+    a full decode and re-encode per study.
+    """
+    if len(data) > max_bytes:
+        return False
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.format != "JPEG" or max(image.size) > max_side:
+            return False
+        image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    return not is_blank(image)
+
+
 def is_blank(image: Image.Image) -> bool:
     """True when the picture has (almost) no contrast: nothing a clinician could recognise."""
     grey = image.convert("L")

@@ -73,7 +73,10 @@ class RepresentativeFinder:
             largest = max(tags.rows or 0, tags.columns or 0)
             # Orthanc enlarges small images to the bound it is given: only bound large ones.
             bound = self.max_side if largest > self.max_side else None
-            image = preview.open_image(self.orthanc.rendered(instance_id, bound))
+            data = self.orthanc.rendered(instance_id, bound)
+            if preview.ready_as_is(data, self.max_side, self.max_bytes):
+                return Preview(data, "image/jpeg", IMAGE_NAME)
+            image = preview.open_image(data)
             if preview.is_blank(image):
                 image = None  # a window that shows nothing: fall back to the full range
         if image is None:

@@ -26,7 +26,7 @@ from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
 from orthanc_openmrs.store import BACKLOG, LIVE, Store, StudyRow
-from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions
+from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions, UidLocks
 from orthanc_openmrs.upkeep import STUDIES_PAGE, SweepSummary, Upkeep
 
 log = structlog.get_logger("orthanc_openmrs")
@@ -96,7 +96,10 @@ class Service:
         self.upkeep = Upkeep(
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
         )
-        # One limiter for every pass, so a rate limit holds across passes in `run`.
+        self._pool: ThreadPoolExecutor | None = None
+        # Shared by every pass, so the rate limit and the one-worker-per-UID rule hold across
+        # passes in `run`.
+        self._uid_locks = UidLocks()
         self._rate = RateLimit(sync_options.rate_limit)
 
     # -- discovery -------------------------------------------------------------------------
@@ -160,37 +163,50 @@ class Service:
         last_poll = self._clock()
         inflight: dict[Future[StudyResult], str] = {}
         window = self.options.workers * 2
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="sync") as pool:
-            try:
-                while not (stop and stop.is_set()):
-                    if self._clock() - last_poll >= self.options.poll_interval:
-                        found = self._follow_changes()  # new studies go before the backlog
-                        summary.discovered += found
-                        if self.progress:
-                            self.progress.add_total(found)
-                        last_poll = self._clock()
-                    if len(inflight) < window:
-                        for row in self.store.claim_due(
-                            self._clock(),
-                            window - len(inflight),
-                            exclude=set(inflight.values()),
-                            not_tried_since=started,
-                        ):
-                            future = pool.submit(syncer.sync, row.orthanc_id, row.prior)
-                            inflight[future] = row.orthanc_id
-                    if not inflight:
-                        break
-                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        del inflight[future]
-                        self._record(future.result(), summary)
-            except BaseException:
-                for future in inflight:
-                    future.cancel()
-                raise
+        pool = self._executor()
+        try:
+            while not (stop and stop.is_set()):
+                if self._clock() - last_poll >= self.options.poll_interval:
+                    found = self._follow_changes()  # new studies go before the backlog
+                    summary.discovered += found
+                    if self.progress:
+                        self.progress.add_total(found)
+                    last_poll = self._clock()
+                if len(inflight) < window:
+                    for row in self.store.claim_due(
+                        self._clock(),
+                        window - len(inflight),
+                        exclude=set(inflight.values()),
+                        not_tried_since=started,
+                    ):
+                        future = pool.submit(syncer.sync, row.orthanc_id, row.prior)
+                        inflight[future] = row.orthanc_id
+                if not inflight:
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    del inflight[future]
+                    self._record(future.result(), summary)
+        except BaseException:
+            # Let the studies already in flight finish before anything else may pick them.
+            for future in inflight:
+                future.cancel()
+            wait(inflight)
+            raise
         if stop and stop.is_set():
             summary.interrupted = "stopped"
         return summary
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """The workers live as long as the service: each keeps its own HTTP connections."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="sync")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _syncer(self) -> StudySync:
         search = (
@@ -199,7 +215,12 @@ class Service:
             else self.openmrs.find_patients_rest
         )
         return StudySync(
-            self.orthanc, self.openmrs, self.sync_options, PatientCache(search), self._rate
+            self.orthanc,
+            self.openmrs,
+            self.sync_options,
+            PatientCache(search),
+            self._rate,
+            self._uid_locks,
         )
 
     # -- recording -------------------------------------------------------------------------

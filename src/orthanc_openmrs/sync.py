@@ -85,7 +85,7 @@ class PatientCache:
         return hits
 
 
-class _UidLocks:
+class UidLocks:
     """One worker at a time per StudyInstanceUID, so two Orthanc studies of the same UID cannot
     both find no attachment and both upload one."""
 
@@ -106,6 +106,7 @@ class StudySync:
         options: SyncOptions,
         patients: PatientCache | None = None,
         rate: RateLimit | None = None,
+        uid_locks: UidLocks | None = None,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -117,7 +118,7 @@ class StudySync:
         )
         self.patients = patients or PatientCache(search)
         self.finder = RepresentativeFinder(orthanc, options.max_side, options.max_bytes)
-        self._uid_lock = _UidLocks()
+        self._uid_lock = uid_locks or UidLocks()
         self.rate = rate or RateLimit(options.rate_limit)
 
     def sync(self, orthanc_id: str, prior: Prior | None = None) -> StudyResult:

@@ -10,6 +10,14 @@ from orthanc_openmrs.models import Outcome, State
 from support import ledger, load, service, settings_for
 
 
+def _has_cursor(settings) -> bool:
+    store = ledger(settings)
+    try:
+        return store.cursor() is not None
+    finally:
+        store.close()
+
+
 def _wait_for(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -50,7 +58,7 @@ def test_openmrs_503_outage_is_waited_out(orthanc, openmrs, database) -> None:
     openmrs.add_patient(["P001"])
     settings = settings_for(orthanc, openmrs, database, sync_poll_interval=0.3)
     with _Running(settings) as running:
-        assert _wait_for(lambda: ledger(settings).cursor() is not None, 10)
+        assert _wait_for(lambda: _has_cursor(settings), 10)
         openmrs.set_outage(503)
         load(orthanc, *[StudySpec(f"o{i}") for i in range(3)])
         openmrs.reset_requests()
@@ -71,7 +79,7 @@ def test_orthanc_down_then_back(orthanc, openmrs, database) -> None:
     openmrs.add_patient(["P001"])
     settings = settings_for(orthanc, openmrs, database, sync_poll_interval=0.3)
     with _Running(settings) as running:
-        assert _wait_for(lambda: ledger(settings).cursor() is not None, 10)
+        assert _wait_for(lambda: _has_cursor(settings), 10)
         orthanc.kill()
         time.sleep(2)
         assert running.thread.is_alive()

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from orthanc_openmrs.errors import StudyRejected
-from orthanc_openmrs.preview import fit_jpeg, is_blank, open_image
+from orthanc_openmrs.preview import fit_jpeg, is_blank, open_image, ready_as_is
 
 
 def _noise(width: int, height: int, seed: int = 1) -> Image.Image:
@@ -54,3 +54,26 @@ def test_unreadable_bytes_are_rejected() -> None:
     """Bytes that are no image raise StudyRejected."""
     with pytest.raises(StudyRejected):
         open_image(b"not an image")
+
+
+def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_orthanc_jpeg_within_bounds_is_used_as_is() -> None:
+    """A small, visible JPEG from Orthanc needs no re-encoding."""
+    assert ready_as_is(_jpeg(_noise(64, 48)), 1024, 1_000_000)
+
+
+def test_jpeg_too_large_or_blank_or_not_jpeg_is_not_used_as_is() -> None:
+    """Over the pixel or byte bound, blank, or not a JPEG: it goes through fit_jpeg."""
+    assert not ready_as_is(_jpeg(_noise(300, 200)), 256, 1_000_000)
+    assert not ready_as_is(_jpeg(_noise(300, 200)), 1024, 1_000)
+    dark = Image.frombytes("L", (64, 64), bytes(i % 3 for i in range(64 * 64)))
+    assert not ready_as_is(_jpeg(dark), 1024, 1_000_000)
+    png = io.BytesIO()
+    _noise(32, 32).save(png, format="PNG")
+    assert not ready_as_is(png.getvalue(), 1024, 1_000_000)
+    assert not ready_as_is(b"garbage", 1024, 1_000_000)

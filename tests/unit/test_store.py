@@ -70,3 +70,17 @@ def test_ignored_study_is_left_alone(tmp_path: Path) -> None:
     store.set_state("i", State.IGNORED, "by a person", 2.0)
     store.note_stable(["i"], 3.0)
     assert store.claim_due(4.0, 10, exclude=set(), not_tried_since=0.0) == []
+
+
+def test_opening_an_existing_ledger_does_not_write(tmp_path: Path) -> None:
+    """A second connection opens the ledger while the first holds a write transaction (as
+    `status` does beside a running `run`)."""
+    path = tmp_path / "s.sqlite3"
+    first = Store(path)
+    first.discover(["a"], 1.0, priority=LIVE, due_at=1.0)
+    with first._tx():  # a writer mid-transaction
+        second = Store(path)
+        assert second.cursor() is None
+        assert [row.orthanc_id for row in second.all_studies()] == ["a"]
+        second.close()
+    first.close()
