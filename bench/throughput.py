@@ -37,6 +37,7 @@ from benchlib import (
     wait_until_stable,
 )
 
+from orthanc_openmrs.config import Settings
 from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 
@@ -230,6 +231,7 @@ def report(workers: int, service: Run, floor: Run, warm: Run) -> None:
 
 
 def report_best(results: dict[int, tuple[Run, Run, Run]]) -> None:
+    default = Settings.model_fields["sync_workers"].default
     for index, label in ((1, "floor"), (2, "warm-cache floor")):
         best = max(results, key=lambda w: results[w][index].rate)
         service, floor = results[best][0], results[best][index]
@@ -238,6 +240,12 @@ def report_best(results: dict[int, tuple[Run, Run, Run]]) -> None:
             f"service / {label} at best {label} concurrency: {service.rate / floor.rate:.2f} "
             f"(service {service.rate:.1f} studies/s at {best} workers)"
         )
+        if default in results:
+            mine = results[default][0]
+            print(
+                f"service with the default SYNC_WORKERS={default} / best {label}: "
+                f"{mine.rate / floor.rate:.2f} ({mine.rate:.1f} vs {floor.rate:.1f} studies/s)"
+            )
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -249,6 +257,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers", default="1,2,4,8", help="comma-separated worker counts (1,2,4,8)"
+    )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="measure the service only (e.g. peak RSS)"
     )
     args = parser.parse_args()
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -282,13 +293,22 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
         write_plan(corpus, bench.plan)
         results = {}
         for workers in args.workers:
+            service = run_service(bench, workers)
+            if args.no_floor:
+                print(
+                    f"workers {workers}: service {service.rate:.1f} studies/s, "
+                    f"peak RSS {mib(service.measured.peak_rss_kib):.1f} MiB",
+                    flush=True,
+                )
+                continue
             results[workers] = (
-                run_service(bench, workers),
+                service,
                 run_floor(bench, workers, lookup=True),
                 run_floor(bench, workers, lookup=False),
             )
             report(workers, *results[workers])
-        report_best(results)
+        if results:
+            report_best(results)
     finally:
         orthanc.kill()  # its storage is thrown away with the temporary directory
 
