@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import string
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ from orthanc_openmrs.errors import ConfigError
 # Orthanc keeps these patient tags in its index; any other tag would cost a read of every file.
 MATCHABLE_TAGS = ("PatientID", "OtherPatientIDs")
 TEMPLATE_FIELDS = frozenset({"public_url", "study_uid", "orthanc_id"})
+
+
+# The --config file's values, for the lowest-priority settings source while Settings is built.
+_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("file_values", default={})  # noqa: B039
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE_VALUES.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get())
 
 
 class Viewer(enum.StrEnum):
@@ -115,8 +128,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file is merged in by load_settings below, under the environment.
-        return (init_settings, env_settings)
+        # Flags, then the environment, then the --config file; no .env or secrets directory.
+        return (init_settings, env_settings, _FileSource(settings_cls))
 
     @field_validator("orthanc_url", "openmrs_url", "orthanc_public_url")
     @classmethod
@@ -188,7 +201,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     flags = {k: v for k, v in overrides.items() if v is not None}
     try:
         # Environment beats the file: the file only fills what the environment leaves unset.
-        settings = _with_file_defaults(file_values)(**flags)
+        token = _FILE_VALUES.set(file_values)
+        try:
+            settings = Settings(**flags)
+        finally:
+            _FILE_VALUES.reset(token)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     if settings.sync_viewer is Viewer.CUSTOM and not settings.sync_viewer_url:
@@ -214,35 +231,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _known_names() -> set[str]:
-    names = set(Settings.model_fields)
-    return names | {"eip_fhir_username", "eip_fhir_password"}
-
-
-def _with_file_defaults(file_values: dict[str, Any]) -> type[Settings]:
-    """A Settings class whose lowest-priority source is the TOML file."""
-    if not file_values:
-        return Settings
-
-    class _FileSource(PydanticBaseSettingsSource):
-        def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-            return file_values.get(field_name), field_name, False
-
-        def __call__(self) -> dict[str, Any]:
-            return dict(file_values)
-
-    class FileSettings(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _FileSource(settings_cls))
-
-    return FileSettings
+    # Ozone's EIP_FHIR_* names are read from the environment only; the file uses ours.
+    return set(Settings.model_fields)
 
 
 def _describe(exc: ValidationError) -> str:
