@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 from orthanc_openmrs.devtools.dicom_factory import build_study, study_uid
@@ -110,7 +111,8 @@ def _show_attachments(openmrs: OpenMRSDouble, patients: dict[str, str], output: 
 
 
 def _save(attachment: StoredAttachment, number: int, name: str, output: Path) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
     suffix = ".pdf" if attachment.mime_type == "application/pdf" else ".jpg"
     path = output / "previews" / f"{number:02d}-{slug}{suffix}"
     path.write_bytes(attachment.data)
