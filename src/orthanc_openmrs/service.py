@@ -25,7 +25,7 @@ from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
-from orthanc_openmrs.store import BACKLOG, LIVE, Store, StudyRow
+from orthanc_openmrs.store import BACKLOG, LIVE, AuditRow, Store, StudyRow
 from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions, UidLocks
 from orthanc_openmrs.upkeep import STUDIES_PAGE, SweepSummary, Upkeep
 
@@ -161,7 +161,7 @@ class Service:
             self.progress.add_total(self.store.count_due(self._clock()))
         syncer = self._syncer()
         last_poll = self._clock()
-        inflight: dict[Future[StudyResult], str] = {}
+        inflight: dict[Future[StudyResult], StudyRow] = {}
         window = self.options.workers * 2
         pool = self._executor()
         try:
@@ -172,21 +172,20 @@ class Service:
                     if self.progress:
                         self.progress.add_total(found)
                     last_poll = self._clock()
-                if len(inflight) < window:
+                if len(inflight) <= self.options.workers:  # refill in batches, not one by one
                     for row in self.store.claim_due(
                         self._clock(),
                         window - len(inflight),
-                        exclude=set(inflight.values()),
+                        exclude={row.orthanc_id for row in inflight.values()},
                         not_tried_since=started,
                     ):
-                        future = pool.submit(syncer.sync, row.orthanc_id, row.prior)
-                        inflight[future] = row.orthanc_id
+                        inflight[pool.submit(syncer.sync, row.orthanc_id, row.prior)] = row
                 if not inflight:
                     break
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    del inflight[future]
-                    self._record(future.result(), summary)
+                    claimed = inflight.pop(future)
+                    self._record(future.result(), summary, claimed)
         except BaseException:
             # Let the studies already in flight finish before anything else may pick them.
             for future in inflight:
@@ -224,14 +223,20 @@ class Service:
         )
 
     # -- recording -------------------------------------------------------------------------
-    def _record(self, result: StudyResult, summary: PassSummary) -> None:
+    def _record(
+        self, result: StudyResult, summary: PassSummary, claimed: StudyRow | None = None
+    ) -> None:
+        """Record one attempt: one transaction, plus one look-up when the study is synced.
+
+        The workers wait on this thread, so it reads nothing it was already handed (`claimed`).
+        """
         now = self._clock()
         summary.add(result, dry_run=self.sync_options.dry_run)
         if self.sync_options.dry_run:
             self.store.touch(result.orthanc_id, now)  # once per pass, even in a dry run
             self._report(result)
             return
-        row = self.store.get(result.orthanc_id)
+        row = claimed if claimed is not None else self.store.get(result.orthanc_id)
         if result.outcome is Outcome.GONE and row is not None and row.prior.synced:
             # A synced study deleted from Orthanc: its attachment must go too, as in a sweep.
             self.upkeep.forget_if_deleted(row)
@@ -242,22 +247,8 @@ class Service:
         if result.outcome is Outcome.NOT_STABLE:
             self.store.record_waiting(result.orthanc_id, decision.next_attempt_at or now, now)
         else:
-            self.store.record(result, decision.state, now, decision.next_attempt_at)
-        if result.created:
-            self.upkeep.audit(
-                (result.orthanc_id, result.study_uid),
-                "create",
-                result.attachment_uuid,
-                result.patient_uuid,
-                result.reason,
-            )
-        for item in result.voided:
-            self.upkeep.audit(
-                (result.orthanc_id, result.study_uid),
-                "void",
-                item.attachment_uuid,
-                item.patient_uuid,
-                item.reason,
+            self.store.record(
+                result, decision.state, now, decision.next_attempt_at, _audits(result, now)
             )
         if decision.state is State.SYNCED:
             self.upkeep.supersede_others(result)
@@ -376,6 +367,36 @@ class Service:
                 delay = backoff.delay(failures, self._jitter())
                 log.warning("service.backoff", reason=exc.message, retry_in=round(delay, 1))
             stop.wait(delay)
+
+
+def _audits(result: StudyResult, now: float) -> list[AuditRow]:
+    """The changes an attempt made in OpenMRS, for the audit trail."""
+    rows = []
+    if result.created:
+        rows.append(
+            AuditRow(
+                now,
+                result.orthanc_id,
+                result.study_uid,
+                "create",
+                result.patient_uuid,
+                result.attachment_uuid,
+                result.reason,
+            )
+        )
+    rows += [
+        AuditRow(
+            now,
+            result.orthanc_id,
+            result.study_uid,
+            "void",
+            v.patient_uuid,
+            v.attachment_uuid,
+            v.reason,
+        )
+        for v in result.voided
+    ]
+    return rows
 
 
 __all__ = ["PassSummary", "Service", "ServiceOptions", "SweepSummary"]

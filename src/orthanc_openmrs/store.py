@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,10 +236,17 @@ class Store:
 
     # -- results ---------------------------------------------------------------------------
     def record(
-        self, result: StudyResult, state: State, now: float, next_attempt_at: float | None
+        self,
+        result: StudyResult,
+        state: State,
+        now: float,
+        next_attempt_at: float | None,
+        audits: Sequence[AuditRow] = (),
     ) -> None:
-        """Store the result of one attempt (its business meaning decided by the caller)."""
+        """Store the result of one attempt (its business meaning decided by the caller), and
+        the changes it made in OpenMRS, in one transaction."""
         with self._tx() as db:
+            self._insert_audits(db, audits)
             db.execute(
                 "INSERT OR IGNORE INTO studies (orthanc_id, state, discovered_at, updated_at) "
                 "VALUES (?, 'pending', ?, ?)",
@@ -352,19 +359,26 @@ class Store:
 
     def add_audit(self, row: AuditRow) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO audit (at, orthanc_id, study_uid, action, patient_uuid, "
-                "attachment_uuid, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            self._insert_audits(db, [row])
+
+    @staticmethod
+    def _insert_audits(db: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+        db.executemany(
+            "INSERT INTO audit (at, orthanc_id, study_uid, action, patient_uuid, "
+            "attachment_uuid, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
                 (
-                    row.at,
-                    row.orthanc_id,
-                    row.study_uid,
-                    row.action,
-                    row.patient_uuid,
-                    row.attachment_uuid,
-                    row.reason,
-                ),
-            )
+                    r.at,
+                    r.orthanc_id,
+                    r.study_uid,
+                    r.action,
+                    r.patient_uuid,
+                    r.attachment_uuid,
+                    r.reason,
+                )
+                for r in rows
+            ],
+        )
 
     # -- reconciliation --------------------------------------------------------------------
     def begin_sweep(self) -> int:
