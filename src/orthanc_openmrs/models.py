@@ -170,7 +170,9 @@ class Prior:
 
     @property
     def synced(self) -> bool:
-        return self.state is State.SYNCED and bool(self.attachment_uuid)
+        """The ledger knows an attachment this study has in OpenMRS (even if a later attempt,
+        such as a replacement, failed): it is rechecked, never uploaded from scratch."""
+        return bool(self.attachment_uuid) and self.state not in (State.GONE, State.SUPERSEDED)
 
 
 @dataclass(frozen=True)

@@ -265,8 +265,10 @@ class Store:
                     description = COALESCE(NULLIF(:description, ''), description),
                     orthanc_last_update = COALESCE(NULLIF(:last_update, ''), orthanc_last_update),
                     candidates = :candidates, candidate_patients = :candidate_patients,
-                    patient_uuid = :patient, attachment_uuid = :attachment,
-                    instance_id = :instance, caption = :caption,
+                    patient_uuid = COALESCE(NULLIF(:patient, ''), patient_uuid),
+                    attachment_uuid = COALESCE(NULLIF(:attachment, ''), attachment_uuid),
+                    instance_id = COALESCE(NULLIF(:instance, ''), instance_id),
+                    caption = COALESCE(NULLIF(:caption, ''), caption),
                     synced_at = CASE WHEN :state = 'synced' THEN :now ELSE synced_at END
                 WHERE orthanc_id = :id""",
                 {
@@ -316,13 +318,17 @@ class Store:
                 (next_attempt_at, now, now, orthanc_id),
             )
 
-    def set_state(self, orthanc_id: str, state: State, reason: str, now: float) -> None:
-        """A final state reached outside an attempt (deleted, superseded, ignored)."""
+    def set_state(
+        self, orthanc_id: str, state: State, reason: str, now: float, *, voided: bool = False
+    ) -> None:
+        """A final state reached outside an attempt (deleted, superseded, ignored); `voided`:
+        its attachment was voided, so the ledger no longer points at it."""
         with self._tx() as db:
             db.execute(
                 "UPDATE studies SET state = ?, reason = ?, next_attempt_at = NULL, recheck = 0, "
-                "updated_at = ? WHERE orthanc_id = ?",
-                (state.value, reason, now, orthanc_id),
+                "updated_at = ?, attachment_uuid = CASE WHEN ? THEN '' ELSE attachment_uuid END "
+                "WHERE orthanc_id = ?",
+                (state.value, reason, now, voided, orthanc_id),
             )
 
     def link_manually(self, orthanc_id: str, patient_uuid: str, by: str, now: float) -> None:

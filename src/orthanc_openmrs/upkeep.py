@@ -69,7 +69,8 @@ class Upkeep:
             if other.orthanc_id == result.orthanc_id:
                 continue
             reason = f"superseded by Orthanc study {result.orthanc_id}"
-            if other.attachment_uuid and other.attachment_uuid != result.attachment_uuid:
+            voided = bool(other.attachment_uuid) and other.attachment_uuid != result.attachment_uuid
+            if voided:
                 why = f"the study now belongs to patient {result.patient_uuid}"
                 self.void(other.attachment_uuid, other.patient_uuid)
                 self.audit(
@@ -79,7 +80,9 @@ class Upkeep:
                     other.patient_uuid,
                     why,
                 )
-            self.store.set_state(other.orthanc_id, State.SUPERSEDED, reason, self._clock())
+            self.store.set_state(
+                other.orthanc_id, State.SUPERSEDED, reason, self._clock(), voided=voided
+            )
             log.info(
                 "study.superseded",
                 orthanc_id=other.orthanc_id,
@@ -144,7 +147,7 @@ class Upkeep:
             return 0, 0  # added after the sweep listed its page
         voided = 0
         reason = "deleted from Orthanc"
-        if row.state is State.SYNCED and row.attachment_uuid and not self.keep_deleted:
+        if row.attachment_uuid and not self.keep_deleted:
             self.void(row.attachment_uuid, row.patient_uuid)
             self.audit(
                 (row.orthanc_id, row.study_uid),
@@ -154,9 +157,9 @@ class Upkeep:
                 reason,
             )
             voided = 1
-        elif row.state is State.SYNCED and row.attachment_uuid:
+        elif row.attachment_uuid:
             reason += "; its attachment is kept (SYNC_KEEP_DELETED)"
-        self.store.set_state(row.orthanc_id, State.GONE, reason, self._clock())
+        self.store.set_state(row.orthanc_id, State.GONE, reason, self._clock(), voided=bool(voided))
         log.info(
             "study.deleted", orthanc_id=row.orthanc_id, study_uid=row.study_uid, voided=bool(voided)
         )

@@ -212,3 +212,31 @@ def test_study_whose_stable_change_never_came_is_found(tmp_path: Path, openmrs, 
         assert sync_pass(settings).counts[Outcome.SYNCED] == 1
     finally:
         server.kill()
+
+
+def test_failed_replacement_is_tried_again_as_a_replacement(orthanc, openmrs, database) -> None:
+    """When the upload replacing an attachment fails, the ledger keeps the old attachment and
+    the next pass completes the replacement (old voided), never a second fresh upload."""
+    patient = openmrs.add_patient(["P001"])
+    full = StudySpec(
+        "retry-late",
+        series=(
+            SeriesSpec(2, instances=(InstanceSpec("ct", 1),)),
+            SeriesSpec(1, modality="US", instances=(InstanceSpec("rgb", 1),)),
+        ),
+    )
+    files = build_study(full)
+    orthanc.upload_many(files[:1])
+    orthanc.wait_until_stable()
+    settings = settings_for(orthanc, openmrs, database)
+    sync_pass(settings)
+    (old,) = openmrs.attachments(patient)
+    orthanc.upload_many(files[1:])
+    orthanc.wait_until_stable()
+    openmrs.fail_next_uploads(1, status=500)
+    assert sync_pass(settings).counts[Outcome.FAILED] == 1
+    (row,) = ledger(settings).all_studies()
+    assert row.attachment_uuid == old.uuid
+    assert sync_pass(settings).counts[Outcome.REPLACED] == 1
+    (new,) = openmrs.attachments(patient)
+    assert new.uuid != old.uuid
