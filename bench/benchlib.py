@@ -92,8 +92,12 @@ def server_env(
     database: Path,
     workers: int,
     poll_interval: float = 1.0,
+    retry: tuple[float, float] = (600.0, 600.0),
 ) -> dict[str, str]:
-    """The environment of the service (and of the floor client, which reads the same names)."""
+    """The environment of the service (and of the floor client, which reads the same names).
+
+    `retry` is (SYNC_RETRY_MIN, SYNC_RETRY_MAX): by default nothing that fails is retried within
+    a run, since nothing should fail."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
     env.update(
         ORTHANC_URL=orthanc.url,
@@ -106,9 +110,8 @@ def server_env(
         SYNC_DATABASE=str(database),
         SYNC_WORKERS=str(workers),
         SYNC_POLL_INTERVAL=str(poll_interval),
-        # Nothing should fail here; if something does, it must not be retried within the run.
-        SYNC_RETRY_MIN="600",
-        SYNC_RETRY_MAX="600",
+        SYNC_RETRY_MIN=str(retry[0]),
+        SYNC_RETRY_MAX=str(retry[1]),
     )
     return env
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import re
 import signal
@@ -28,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib import server_env
+
 from orthanc_openmrs.devtools.dicom_factory import (
     InstanceSpec,
     SeriesSpec,
@@ -38,8 +39,6 @@ from orthanc_openmrs.devtools.dicom_factory import (
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 
-OPENMRS_USER = "admin"
-OPENMRS_PASSWORD = "Admin123"
 LATE_SHARE = 0.05
 KILL_WAIT = (0.1, 1.5)
 # Between two armed drops while the service runs; short enough to hit many uploads.
@@ -56,8 +55,6 @@ STABLE_TIMEOUT = 120.0
 LOG_TAIL_LINES = 40
 # The caption ends with the viewer link `...?study=<StudyInstanceUID>`; the whole token counts.
 CAPTION_UID = re.compile(r"[?&]study=([0-9]+(?:\.[0-9]+)*)$")
-# Inherited settings would change what is tested; the service gets exactly the ones set here.
-SETTING_PREFIXES = ("ORTHANC_", "OPENMRS_", "SYNC_", "EIP_FHIR_")
 
 
 # -- arguments -------------------------------------------------------------------------------
@@ -192,23 +189,10 @@ class ServiceProcess:
 
 
 def service_env(orthanc: OrthancServer, double: OpenMRSDouble, ledger: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
-    env.update(
-        ORTHANC_URL=orthanc.url,
-        ORTHANC_USER=orthanc.username,
-        ORTHANC_PASSWORD=orthanc.password,
-        ORTHANC_PUBLIC_URL=orthanc.url,
-        OPENMRS_URL=double.url,
-        OPENMRS_USER=OPENMRS_USER,
-        OPENMRS_PASSWORD=OPENMRS_PASSWORD,
-        SYNC_DATABASE=str(ledger),
-        SYNC_WORKERS="4",
-        SYNC_POLL_INTERVAL="0.5",
-        # Retries at once: a lost answer or an unmatched study is looked at again next pass.
-        SYNC_RETRY_MIN="0",
-        SYNC_RETRY_MAX="1",
+    # Retries at once: a lost answer or an unmatched study is looked at again next pass.
+    return server_env(
+        orthanc, double, database=ledger, workers=4, poll_interval=0.5, retry=(0.0, 1.0)
     )
-    return env
 
 
 def quiet_resets(double: OpenMRSDouble) -> None:
