@@ -160,24 +160,29 @@ def test_corrected_patient_id_that_matches_nobody_goes_to_review(
     assert waiting.dicom_patient_id == "NOBODY-2"
 
 
-def test_late_series_that_comes_first_replaces_the_attachment(orthanc, openmrs, database) -> None:
-    """A series numbered 1 arriving after the study was synced from series 2: the attachment
-    is replaced (new one first, old one voided), and the audit says so."""
-    patient = openmrs.add_patient(["P001"])
+def _synced_from_series_2(orthanc, openmrs, database, key: str):
+    """A study whose series 2 alone arrived and was synced; series 1 is the rest of the spec."""
     full = StudySpec(
-        "late",
+        key,
         series=(
             SeriesSpec(2, instances=(InstanceSpec("ct", 1),)),
             SeriesSpec(1, modality="US", instances=(InstanceSpec("rgb", 1),)),
         ),
     )
-    files = build_study(full)
-    orthanc.upload_many(files[:1])
+    orthanc.upload_many(build_study(full)[:1])
     orthanc.wait_until_stable()
     settings = settings_for(orthanc, openmrs, database)
     assert sync_pass(settings).counts[Outcome.SYNCED] == 1
+    return full, settings
+
+
+def test_late_series_that_comes_first_replaces_the_attachment(orthanc, openmrs, database) -> None:
+    """A series numbered 1 arriving after the study was synced from series 2: the attachment
+    is replaced (new one first, old one voided), and the audit says so."""
+    patient = openmrs.add_patient(["P001"])
+    full, settings = _synced_from_series_2(orthanc, openmrs, database, "late")
     (before,) = openmrs.attachments(patient)
-    orthanc.upload_many(files[1:])
+    orthanc.upload_many(build_study(full)[1:])
     orthanc.wait_until_stable()
     assert sync_pass(settings).counts[Outcome.REPLACED] == 1
     (after,) = openmrs.attachments(patient)
@@ -218,20 +223,9 @@ def test_failed_replacement_is_tried_again_as_a_replacement(orthanc, openmrs, da
     """When the upload replacing an attachment fails, the ledger keeps the old attachment and
     the next pass completes the replacement (old voided), never a second fresh upload."""
     patient = openmrs.add_patient(["P001"])
-    full = StudySpec(
-        "retry-late",
-        series=(
-            SeriesSpec(2, instances=(InstanceSpec("ct", 1),)),
-            SeriesSpec(1, modality="US", instances=(InstanceSpec("rgb", 1),)),
-        ),
-    )
-    files = build_study(full)
-    orthanc.upload_many(files[:1])
-    orthanc.wait_until_stable()
-    settings = settings_for(orthanc, openmrs, database)
-    sync_pass(settings)
+    full, settings = _synced_from_series_2(orthanc, openmrs, database, "retry-late")
     (old,) = openmrs.attachments(patient)
-    orthanc.upload_many(files[1:])
+    orthanc.upload_many(build_study(full)[1:])
     orthanc.wait_until_stable()
     openmrs.fail_next_uploads(1, status=500)
     assert sync_pass(settings).counts[Outcome.FAILED] == 1
