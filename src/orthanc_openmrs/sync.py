@@ -10,6 +10,7 @@ attachment first and the old one voided after, so the chart never shows none.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -68,34 +69,38 @@ class SyncOptions:
 
 class PatientCache:
     """Identifier search results for the length of one pass (patients registered later show up
-    on the next pass). Shared by the workers."""
+    on the next pass), shared by the workers. Bounded, least recently used first out, so a
+    backfill of any size keeps memory flat."""
 
-    def __init__(self, search: Callable[[str], list[OpenMRSPatient]]) -> None:
+    def __init__(self, search: Callable[[str], list[OpenMRSPatient]], size: int = 4096) -> None:
         self._search = search
-        self._hits: dict[str, list[OpenMRSPatient]] = {}
+        self._size = size
+        self._hits: OrderedDict[str, list[OpenMRSPatient]] = OrderedDict()
         self._lock = threading.Lock()
 
     def lookup(self, identifier: str) -> list[OpenMRSPatient]:
         with self._lock:
             if identifier in self._hits:
+                self._hits.move_to_end(identifier)
                 return self._hits[identifier]
         hits = self._search(identifier)
         with self._lock:
             self._hits[identifier] = hits
+            while len(self._hits) > self._size:
+                self._hits.popitem(last=False)
         return hits
 
 
 class UidLocks:
     """One worker at a time per StudyInstanceUID, so two Orthanc studies of the same UID cannot
-    both find no attachment and both upload one."""
+    both find no attachment and both upload one. A fixed set of locks, picked by the UID's
+    hash: memory stays flat, at the price of rare waits between unrelated studies."""
 
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+    def __init__(self, stripes: int = 256) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
 
     def __call__(self, uid: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(uid, threading.Lock())
+        return self._locks[hash(uid) % len(self._locks)]
 
 
 class StudySync:

@@ -84,3 +84,27 @@ def test_opening_an_existing_ledger_does_not_write(tmp_path: Path) -> None:
         assert [row.orthanc_id for row in second.all_studies()] == ["a"]
         second.close()
     first.close()
+
+
+def test_patient_cache_is_bounded_and_keeps_recent_entries() -> None:
+    """The per-pass patient cache searches once per identifier and forgets the least recent."""
+    from orthanc_openmrs.sync import PatientCache
+
+    searched: list[str] = []
+    cache = PatientCache(lambda ident: searched.append(ident) or [], size=2)
+    cache.lookup("a")
+    cache.lookup("b")
+    cache.lookup("a")  # a is now the most recent
+    cache.lookup("c")  # evicts b
+    cache.lookup("a")
+    cache.lookup("b")
+    assert searched == ["a", "b", "c", "b"]
+
+
+def test_uid_locks_are_a_fixed_set() -> None:
+    """The same UID always gets the same lock, and no more locks exist however many UIDs."""
+    from orthanc_openmrs.sync import UidLocks
+
+    locks = UidLocks(stripes=8)
+    assert locks("1.2.3") is locks("1.2.3")
+    assert len({id(locks(f"1.2.{i}")) for i in range(1000)}) <= 8
