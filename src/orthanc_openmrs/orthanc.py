@@ -7,7 +7,7 @@ idempotent request that loses that race is sent once more.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +23,7 @@ from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, 
 from orthanc_openmrs.transport import ThreadClients, describe, unreachable
 
 KEEPALIVE_EXPIRY = 0.8
+STUDIES_PAGE = 1000
 _JSON = "application/json"
 
 
@@ -141,6 +142,13 @@ class OrthancClient:
     def study_ids(self, since: int, limit: int) -> list[str]:
         """One page of all study IDs, in Orthanc's insertion order."""
         return [str(i) for i in self._json("/studies", {"since": int(since), "limit": int(limit)})]
+
+    def study_id_pages(self, size: int = STUDIES_PAGE) -> Iterator[list[str]]:
+        """Every study ID Orthanc holds, a page at a time (memory stays flat on a big PACS)."""
+        offset = 0
+        while ids := self.study_ids(offset, size):
+            yield ids
+            offset += len(ids)
 
     def lookup_study_uid(self, study_uid: str) -> list[str]:
         response = self._send("POST", "/tools/lookup", content=study_uid.encode("ascii"))

@@ -26,8 +26,8 @@ from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
 from orthanc_openmrs.store import BACKLOG, LIVE, AuditRow, Store, StudyRow
-from orthanc_openmrs.sync import PatientCache, StudySync, SyncOptions, UidLocks
-from orthanc_openmrs.upkeep import STUDIES_PAGE, SweepSummary, Upkeep
+from orthanc_openmrs.sync import StudySync, SyncOptions, UidLocks
+from orthanc_openmrs.upkeep import SweepSummary, Upkeep
 
 log = structlog.get_logger("orthanc_openmrs")
 
@@ -81,7 +81,6 @@ class Service:
         *,
         clock: Clock = time.time,
         jitter: Callable[[], float] = random.random,
-        on_result: Callable[[StudyResult], None] | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.orthanc = orthanc
@@ -91,7 +90,6 @@ class Service:
         self.options = options
         self._clock = clock
         self._jitter = jitter
-        self.on_result = on_result
         self.progress = progress
         self.upkeep = Upkeep(
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
@@ -115,14 +113,12 @@ class Service:
         return found + self._follow_changes()
 
     def _catch_up(self) -> int:
-        found, offset, now = 0, 0, self._clock()
-        while True:
-            ids = self.orthanc.study_ids(offset, STUDIES_PAGE)
-            if not ids:
-                break
+        found = seen = 0
+        now = self._clock()
+        for ids in self.orthanc.study_id_pages():
             found += self.store.discover(ids, now, priority=BACKLOG, due_at=now)
-            offset += len(ids)
-        log.info("catchup.done", studies_seen=offset, new=found)
+            seen += len(ids)
+        log.info("catchup.done", studies_seen=seen, new=found)
         return found
 
     def _follow_changes(self) -> int:
@@ -208,18 +204,13 @@ class Service:
             self._pool = None
 
     def _syncer(self) -> StudySync:
-        search = (
-            self.openmrs.find_patients_fhir
-            if self.sync_options.lookup.value == "fhir"
-            else self.openmrs.find_patients_rest
-        )
+        """A syncer for one pass: its patient cache starts empty, its limits are the service's."""
         return StudySync(
             self.orthanc,
             self.openmrs,
             self.sync_options,
-            PatientCache(search),
-            self._rate,
-            self._uid_locks,
+            rate=self._rate,
+            uid_locks=self._uid_locks,
         )
 
     # -- recording -------------------------------------------------------------------------
@@ -266,8 +257,6 @@ class Service:
             log.warning(event, reason=result.reason, **fields)
         else:
             log.info(event, **fields)
-        if self.on_result:
-            self.on_result(result)
         if self.progress:
             self.progress(result)
 

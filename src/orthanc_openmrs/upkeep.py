@@ -16,8 +16,6 @@ from orthanc_openmrs.store import AuditRow, Store, StudyRow
 
 log = structlog.get_logger("orthanc_openmrs")
 
-STUDIES_PAGE = 1000
-
 
 @dataclass(frozen=True)
 class SweepSummary:
@@ -107,14 +105,10 @@ class Upkeep:
         (their attachments are voided unless SYNC_KEEP_DELETED). One request per 1000 studies,
         plus one per study that has disappeared."""
         sweep = self.store.begin_sweep()
-        seen = new = offset = 0
-        while True:
-            ids = self.orthanc.study_ids(offset, STUDIES_PAGE)
-            if not ids:
-                break
+        seen = new = 0
+        for ids in self.orthanc.study_id_pages():
             new += self.store.mark_seen(ids, sweep, self._clock())
             seen += len(ids)
-            offset += len(ids)
         deleted = voided = 0
         for row in self.store.unseen(sweep):
             gone, void = self.forget_if_deleted(row)
