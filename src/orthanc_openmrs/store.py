@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from orthanc_openmrs.errors import StoreError
 from orthanc_openmrs.models import NEEDS_A_PERSON, Prior, State, StudyResult
 
 SCHEMA_VERSION = 1
+_OPEN_TIMEOUT = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -121,16 +123,34 @@ class AuditRow:
 class Store:
     def __init__(self, path: Path) -> None:
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=_OPEN_TIMEOUT)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA synchronous=NORMAL")
             # Opening an existing ledger only reads, so `status` works beside a running `run`.
             if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+                self._create()
         except sqlite3.Error as exc:
             raise StoreError(f"SYNC_DATABASE: cannot open {path}: {exc}") from exc
         self.path = path
+
+    def _create(self) -> None:
+        """Create the ledger; safe when another process (`run` and `status` started together)
+        creates the same file at the same moment."""
+        # Switching to WAL needs the file to itself, and SQLite answers "locked" at once instead
+        # of waiting, so the wait is ours.
+        deadline = time.monotonic() + _OPEN_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        # The schema is idempotent; the immediate transaction makes a second creator wait.
+        self._db.executescript(
+            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from orthanc_openmrs.models import Outcome, State, StudyResult
@@ -108,3 +109,32 @@ def test_uid_locks_are_a_fixed_set() -> None:
     locks = UidLocks(stripes=8)
     assert locks("1.2.3") is locks("1.2.3")
     assert len({id(locks(f"1.2.{i}")) for i in range(1000)}) <= 8
+
+
+def _open_and_read(path: Path, start: threading.Barrier, errors: list[BaseException]) -> None:
+    start.wait()
+    try:
+        store = Store(path)
+        try:
+            store.cursor()
+        finally:
+            store.close()
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_ledger_created_by_several_openers_at_once(tmp_path: Path) -> None:
+    """Several openers of a new ledger at the same moment (`run` and `status` started together)
+    all get it; none is told the database is locked."""
+    errors: list[BaseException] = []
+    for round_ in range(60):
+        start = threading.Barrier(6)
+        path = tmp_path / f"ledger-{round_}.sqlite3"
+        threads = [
+            threading.Thread(target=_open_and_read, args=(path, start, errors)) for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
