@@ -167,6 +167,10 @@ class Prior:
     attachment_uuid: str = ""
     instance_id: str = ""
     manual_patient_uuid: str = ""
+    study_uid: str = ""
+    # The other Orthanc studies with this StudyInstanceUID, as the ledger knows them; None when
+    # the ledger cannot vouch for knowing them all (Orthanc is asked instead).
+    same_uid: tuple[str, ...] | None = None
 
     @property
     def synced(self) -> bool:

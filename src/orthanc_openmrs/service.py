@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -115,9 +115,9 @@ class Service:
     def _catch_up(self) -> int:
         found = seen = 0
         now = self._clock()
-        for ids in self.orthanc.study_id_pages():
-            found += self.store.discover(ids, now, priority=BACKLOG, due_at=now)
-            seen += len(ids)
+        for page in self.orthanc.studies_with_uids():
+            found += self.store.discover(list(page), now, priority=BACKLOG, due_at=now, uids=page)
+            seen += len(page)
         log.info("catchup.done", studies_seen=seen, new=found)
         return found
 
@@ -131,13 +131,20 @@ class Service:
                 log.warning("changes.reset", cursor=cursor, orthanc_last=page.last)
                 self.store.reset_cursor(page.last)
                 return found + self._catch_up()
-            now = self._clock()
             new = [c.orthanc_id for c in page.changes if c.change_type == "NewStudy"]
             stable = [c.orthanc_id for c in page.changes if c.change_type == "StableStudy"]
+            # Every study enters the ledger with its UID, so that the ledger alone can tell
+            # whether a UID lives under several Orthanc identities.
+            uids = self.orthanc.study_uids(
+                self.store.without_uid(list(dict.fromkeys(new + stable)))
+            )
+            now = self._clock()
             if new:
-                found += self.store.discover(new, now, priority=LIVE, due_at=now + UNSTABLE_RECHECK)
+                found += self.store.discover(
+                    new, now, priority=LIVE, due_at=now + UNSTABLE_RECHECK, uids=uids
+                )
             if stable:
-                self.store.note_stable(stable, now)
+                self.store.note_stable(stable, now, uids)
             cursor = max(cursor, page.last)
             self.store.advance_cursor(cursor)
             if page.done or not page.changes:
@@ -175,7 +182,10 @@ class Service:
                         exclude={row.orthanc_id for row in inflight.values()},
                         not_tried_since=started,
                     ):
-                        inflight[pool.submit(syncer.sync, row.orthanc_id, row.prior)] = row
+                        prior = replace(
+                            row.prior, same_uid=self.store.same_uid(row.orthanc_id, row.study_uid)
+                        )
+                        inflight[pool.submit(syncer.sync, row.orthanc_id, prior)] = row
                 if not inflight:
                     break
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -236,7 +246,9 @@ class Service:
         attempts = (row.attempts if row else 0) + 1
         decision = plan(result, attempts, now, self.options.backoff, self._jitter())
         if result.outcome is Outcome.NOT_STABLE:
-            self.store.record_waiting(result.orthanc_id, decision.next_attempt_at or now, now)
+            self.store.record_waiting(
+                result.orthanc_id, decision.next_attempt_at or now, now, result.study_uid
+            )
         else:
             self.store.record(
                 result, decision.state, now, decision.next_attempt_at, _audits(result, now)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,7 @@ class StudyRow:
             attachment_uuid=self.attachment_uuid,
             instance_id=self.instance_id,
             manual_patient_uuid=self.manual_patient_uuid,
+            study_uid=self.study_uid,
         )
 
 
@@ -211,15 +212,25 @@ class Store:
         return float(self._meta("last_reconcile") or 0)
 
     # -- discovery -------------------------------------------------------------------------
-    def discover(self, orthanc_ids: list[str], now: float, *, priority: int, due_at: float) -> int:
+    def discover(
+        self,
+        orthanc_ids: list[str],
+        now: float,
+        *,
+        priority: int,
+        due_at: float,
+        uids: Mapping[str, str] | None = None,
+    ) -> int:
         """Record studies seen in Orthanc; the new ones count. A study that had gone and is
-        back (same PatientID and UID give the same Orthanc ID) is pending again."""
+        back (same PatientID and UID give the same Orthanc ID) is pending again. `uids` gives
+        the StudyInstanceUID of those whose UID was read with them."""
+        uids = uids or {}
         with self._tx() as db:
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO studies (orthanc_id, state, priority, next_attempt_at, "
-                "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?)",
-                [(oid, priority, due_at, now, now) for oid in orthanc_ids],
+                "INSERT OR IGNORE INTO studies (orthanc_id, study_uid, state, priority, "
+                "next_attempt_at, discovered_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                [(oid, uids.get(oid, ""), priority, due_at, now, now) for oid in orthanc_ids],
             )
             new = db.total_changes - before
             db.executemany(
@@ -227,12 +238,45 @@ class Store:
                 "WHERE orthanc_id = ? AND state = 'gone'",
                 [(due_at, now, oid) for oid in orthanc_ids],
             )
+            db.executemany(
+                "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
+                [(uid, oid) for oid, uid in uids.items() if uid],
+            )
             return int(new)
 
-    def note_stable(self, orthanc_ids: list[str], now: float) -> None:
+    def without_uid(self, orthanc_ids: list[str]) -> list[str]:
+        """Those of these studies whose StudyInstanceUID the ledger does not hold yet."""
+        rows = self._query(
+            "SELECT orthanc_id FROM studies WHERE study_uid != '' "
+            "AND orthanc_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(orthanc_ids),),
+        )
+        known = {str(r["orthanc_id"]) for r in rows}
+        return [oid for oid in orthanc_ids if oid not in known]
+
+    def same_uid(self, orthanc_id: str, study_uid: str) -> tuple[str, ...] | None:
+        """The other studies in the ledger with this StudyInstanceUID, or None when the ledger
+        cannot vouch for knowing them all: it holds a study whose UID it has not read."""
+        if not study_uid:
+            return None
+        unread = self._query(
+            "SELECT 1 FROM studies WHERE study_uid = '' AND state != 'gone' LIMIT 1"
+        )
+        if unread:
+            return None
+        rows = self._query(
+            "SELECT orthanc_id FROM studies WHERE study_uid = ? AND orthanc_id != ? "
+            "AND state != 'gone' ORDER BY orthanc_id",
+            (study_uid, orthanc_id),
+        )
+        return tuple(str(r["orthanc_id"]) for r in rows)
+
+    def note_stable(
+        self, orthanc_ids: list[str], now: float, uids: Mapping[str, str] | None = None
+    ) -> None:
         """Orthanc says these studies are complete (again): try the waiting ones now, and look
         again at synced ones, in case a late series changes what represents them."""
-        self.discover(orthanc_ids, now, priority=LIVE, due_at=now)
+        self.discover(orthanc_ids, now, priority=LIVE, due_at=now, uids=uids)
         with self._tx() as db:
             db.executemany(
                 "UPDATE studies SET next_attempt_at = ?, priority = ?, "
@@ -329,13 +373,15 @@ class Store:
                 "UPDATE studies SET last_attempt_at = ? WHERE orthanc_id = ?", (now, orthanc_id)
             )
 
-    def record_waiting(self, orthanc_id: str, next_attempt_at: float, now: float) -> None:
+    def record_waiting(
+        self, orthanc_id: str, next_attempt_at: float, now: float, study_uid: str = ""
+    ) -> None:
         """The study is still receiving instances: look again later, count no attempt."""
         with self._tx() as db:
             db.execute(
-                "UPDATE studies SET next_attempt_at = ?, last_attempt_at = ?, updated_at = ? "
-                "WHERE orthanc_id = ?",
-                (next_attempt_at, now, now, orthanc_id),
+                "UPDATE studies SET next_attempt_at = ?, last_attempt_at = ?, updated_at = ?, "
+                "study_uid = COALESCE(NULLIF(?, ''), study_uid) WHERE orthanc_id = ?",
+                (next_attempt_at, now, now, study_uid, orthanc_id),
             )
 
     def set_state(
@@ -412,10 +458,16 @@ class Store:
         self._set_meta("sweep", str(sweep))
         return sweep
 
-    def mark_seen(self, orthanc_ids: list[str], sweep: int, now: float) -> int:
+    def mark_seen(
+        self,
+        orthanc_ids: list[str],
+        sweep: int,
+        now: float,
+        uids: Mapping[str, str] | None = None,
+    ) -> int:
         """Studies Orthanc holds: unknown ones are new; waiting ones are looked at now (their
         StableStudy may never come). Returns how many were new."""
-        new = self.discover(orthanc_ids, now, priority=BACKLOG, due_at=now)
+        new = self.discover(orthanc_ids, now, priority=BACKLOG, due_at=now, uids=uids)
         with self._tx() as db:
             db.executemany(
                 "UPDATE studies SET seen_sweep = ?, next_attempt_at = CASE WHEN state = 'pending' "

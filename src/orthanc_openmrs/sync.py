@@ -160,7 +160,7 @@ class StudySync:
                 "another study"
             )
             return _result(study, Outcome.FAILED, reason, retryable=False)
-        newer = self._newer_identity(study)
+        newer = self._newer_identity(study, prior)
         if newer:
             reason = f"the same StudyInstanceUID is in Orthanc as the newer study {newer}"
             return _result(study, Outcome.SUPERSEDED, reason, retryable=False)
@@ -185,11 +185,19 @@ class StudySync:
         return self._upload(study, chosen, done)
 
     # -- steps -----------------------------------------------------------------------------
-    def _newer_identity(self, study: Study) -> str:
-        """The Orthanc ID of a newer study with this UID (a corrected PatientID), if any."""
-        others = [
-            i for i in self.orthanc.lookup_study_uid(study.study_uid) if i != study.orthanc_id
-        ]
+    def _newer_identity(self, study: Study, prior: Prior | None) -> str:
+        """The Orthanc ID of a newer study with this UID (a corrected PatientID), if any.
+
+        The ledger usually knows the other identities; asking Orthanc (`/tools/lookup`) costs
+        it more than all the rest of a study's requests together, so it is the fallback."""
+        known = prior.same_uid if prior and prior.study_uid == study.study_uid else None
+        others = (
+            list(known)
+            if known is not None
+            else [
+                i for i in self.orthanc.lookup_study_uid(study.study_uid) if i != study.orthanc_id
+            ]
+        )
         newest = ""
         for other_id in others:
             try:

@@ -107,7 +107,8 @@ class Upkeep:
         sweep = self.store.begin_sweep()
         seen = new = 0
         for ids in self.orthanc.study_id_pages():
-            new += self.store.mark_seen(ids, sweep, self._clock())
+            uids = self.orthanc.study_uids(self.store.without_uid(ids))
+            new += self.store.mark_seen(ids, sweep, self._clock(), uids)
             seen += len(ids)
         deleted = voided = 0
         for row in self.store.unseen(sweep):

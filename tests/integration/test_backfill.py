@@ -39,8 +39,8 @@ def test_rate_limit_spaces_uploads(orthanc, openmrs, database) -> None:
 
 
 def test_common_case_request_cost(orthanc, openmrs, database) -> None:
-    """A plain study costs at most 6 Orthanc requests and 3 OpenMRS requests (2 when its
-    patient was already looked up in the pass)."""
+    """A plain study costs 5 Orthanc requests (study, series, instances, tags, render) and at
+    most 3 OpenMRS requests (2 when its patient was already looked up in the pass)."""
     openmrs.add_patient(["P001"])
     load(orthanc, *[StudySpec(f"c{i}") for i in range(4)])
     settings = settings_for(orthanc, openmrs, database, sync_workers=1)
@@ -51,7 +51,7 @@ def test_common_case_request_cost(orthanc, openmrs, database) -> None:
         orthanc_cost = built.orthanc.requests - orthanc_before
         openmrs_cost = built.openmrs.requests - openmrs_before
     assert summary.counts[Outcome.SYNCED] == 4
-    assert orthanc_cost <= 4 * 6 + 1  # + the one changes poll of the pass
+    assert orthanc_cost <= 4 * 5 + 1  # + the one changes poll of the pass
     assert openmrs_cost == 1 + 4 * 2  # one patient lookup, then list + upload per study
 
 

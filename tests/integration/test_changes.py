@@ -17,6 +17,7 @@ from orthanc_openmrs.devtools.dicom_factory import (
 )
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs.orthanc import OrthancClient
 from support import ledger, load, service, settings_for, sync_pass
 
 
@@ -140,6 +141,38 @@ def test_corrected_patient_id_moves_the_attachment(orthanc, openmrs, database, k
         ("create", right),
         ("void", wrong),
     ]
+
+
+@pytest.mark.parametrize("found_by", ["catch-up", "changes"])
+def test_both_identities_present_before_any_sync_attach_only_the_newer(
+    orthanc, openmrs, database, found_by, monkeypatch
+) -> None:
+    """The original and the corrected identity both in Orthanc before the first attempt: only
+    the corrected one is attached, whether the studies were found by the first start's catch-up
+    or by following changes; the ledger knows both UIDs, so Orthanc is not asked to look the
+    UID up."""
+    wrong = openmrs.add_patient(["WRONG-3"])
+    right = openmrs.add_patient(["RIGHT-3"])
+    settings = settings_for(orthanc, openmrs, database)
+    if found_by == "changes":
+        assert sync_pass(settings).total == 0  # the first start, on an empty Orthanc
+    spec = StudySpec("twice", patient_id="WRONG-3")
+    load(orthanc, spec)
+    _rename_patient(orthanc, spec, "RIGHT-3", keep_source=True)
+    lookups: list[str] = []
+    real_lookup = OrthancClient.lookup_study_uid
+
+    def counted(self: OrthancClient, study_uid: str) -> list[str]:
+        lookups.append(study_uid)
+        return real_lookup(self, study_uid)
+
+    monkeypatch.setattr(OrthancClient, "lookup_study_uid", counted)
+    summary = sync_pass(settings)
+    assert summary.counts[Outcome.SYNCED] == 1
+    assert summary.counts[Outcome.SUPERSEDED] == 1
+    assert openmrs.attachments(wrong) == []
+    assert len(openmrs.attachments(right)) == 1
+    assert lookups == []
 
 
 def test_corrected_patient_id_that_matches_nobody_goes_to_review(

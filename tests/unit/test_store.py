@@ -138,3 +138,28 @@ def test_ledger_created_by_several_openers_at_once(tmp_path: Path) -> None:
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_same_uid_only_when_the_ledger_knows_every_uid(tmp_path: Path) -> None:
+    """The ledger vouches for a UID's other identities only when no study it still follows
+    has an unread UID; studies gone from Orthanc do not count."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(
+        ["a", "b", "c"], 1.0, priority=BACKLOG, due_at=1.0, uids={"a": "1.2", "b": "1.2"}
+    )
+    assert store.same_uid("a", "1.2") is None  # c's UID was never read
+    assert store.without_uid(["a", "b", "c", "d"]) == ["c", "d"]
+    store.record(StudyResult("c", Outcome.GONE, retryable=False), State.GONE, 2.0, None)
+    assert store.same_uid("a", "1.2") == ("b",)
+    assert store.same_uid("a", "") is None
+
+
+def test_discovered_uid_fills_only_an_unread_one(tmp_path: Path) -> None:
+    """A UID read later fills a study discovered without one, and never overwrites one."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["a", "b"], 1.0, priority=LIVE, due_at=1.0, uids={"b": "1.5"})
+    store.note_stable(["a", "b"], 2.0, {"a": "1.4", "b": "9.9"})
+    assert store.without_uid(["a", "b"]) == []
+    assert store.same_uid("b", "1.5") == ()
+    assert [row.study_uid for row in store.find("1.4")] == ["1.4"]
+    assert [row.orthanc_id for row in store.find("1.5")] == ["b"]
