@@ -6,6 +6,7 @@ import base64
 import io
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -164,6 +165,31 @@ def test_short_query_and_voided_identifiers_find_nothing(double, client):
     for query in ("A", "OLD999", "GONE55"):
         response = client.get(f"{REST}/patient", params={"identifier": query})
         assert response.json() == {"results": []}, query
+
+
+def test_searches_follow_voided_identifiers(double):
+    """Voiding an identifier after searches found it takes it out of them; case never matters."""
+    patient = double.add_patient(["ABC123", Identifier("abc123", "ID Card")])
+    fhir = f"{double.url}/ws/fhir2/R4/Patient"
+    with httpx.Client(base_url=double.url, auth=AUTH) as http:
+
+        def found() -> tuple[list[str], int, list[str]]:
+            fuzzy = http.get(f"{REST}/patient", params={"identifier": "abc123"}).json()
+            exact = http.get(fhir, params={"identifier": "Abc123"}).json()
+            start = {"identifier": "ABC", "searchType": "start"}
+            prefix = http.get(f"{REST}/patient", params=start).json()
+            return (
+                [r["uuid"] for r in fuzzy["results"]],
+                exact["total"],
+                [r["uuid"] for r in prefix["results"]],
+            )
+
+        assert found() == ([patient], 1, [patient])
+        double.void_identifier(patient, "ABC123")
+        assert found() == ([patient], 1, [patient])
+        double.void_identifier(patient, "abc123")
+        # The identifier-prefix search does not look at the voided flag.
+        assert found() == ([], 0, [patient])
 
 
 def test_patient_paging_links_and_limits(double, client):
@@ -421,6 +447,59 @@ def test_list_is_newest_first_and_paged(double, client):
     rest = client.get(page["links"][0]["uri"]).json()
     assert [item["uuid"] for item in rest["results"]] == [seeded]
     assert rest["results"][0]["bytesContentFamily"] == "PDF"
+
+
+def test_list_orders_equal_times_by_upload_and_shows_only_the_patient(double, client):
+    """Equal obs times list the later upload first; other patients' attachments never show."""
+    patient = double.add_patient(["100008E"])
+    other = double.add_patient(["100009C"])
+    noon = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+    def seed(owner: str, moment: datetime) -> str:
+        return double.add_attachment(owner, "cap", obs_datetime=moment)
+
+    first = seed(patient, noon)
+    seed(other, noon)
+    second = seed(patient, noon)
+    later = seed(patient, noon + timedelta(seconds=1))
+    earlier = seed(patient, noon - timedelta(days=1))
+    seed(other, noon + timedelta(days=1))
+    third = seed(patient, noon)
+    expected = [later, third, second, first, earlier]
+    listed = client.get(f"{REST}/attachment", params={"patient": patient}).json()
+    assert [item["uuid"] for item in listed["results"]] == expected
+    assert [a.uuid for a in double.attachments(patient)] == expected
+    assert len(double.attachments()) == 7
+
+
+def test_voided_and_purged_attachments_in_one_patients_list(double, client):
+    """Voided ones keep their place under includeVoided; purging another's changes nothing."""
+    patient = double.add_patient(["100008E"])
+    other = double.add_patient(["100009C"])
+    noon = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    first = double.add_attachment(patient, "first", obs_datetime=noon)
+    voided = double.add_attachment(patient, "voided", obs_datetime=noon)
+    theirs = double.add_attachment(other, "theirs", obs_datetime=noon)
+    last = double.add_attachment(patient, "last", obs_datetime=noon)
+
+    def listed(owner: str, include_voided: bool = False) -> list[str]:
+        params = {"patient": owner, "includeVoided": str(include_voided).lower()}
+        return [
+            item["uuid"]
+            for item in client.get(f"{REST}/attachment", params=params).json()["results"]
+        ]
+
+    assert client.delete(f"{REST}/attachment/{voided}").status_code == 204
+    assert listed(patient) == [last, first]
+    assert listed(patient, include_voided=True) == [last, voided, first]
+    assert [a.uuid for a in double.attachments()] == [last, theirs, first]
+    purge = {"purge": "true"}
+    assert client.delete(f"{REST}/attachment/{theirs}", params=purge).status_code == 204
+    assert listed(other, include_voided=True) == []
+    assert listed(patient, include_voided=True) == [last, voided, first]
+    assert client.delete(f"{REST}/attachment/{first}", params=purge).status_code == 204
+    assert listed(patient, include_voided=True) == [last, voided]
+    assert [a.uuid for a in double.attachments(include_voided=True)] == [last, voided]
 
 
 def test_list_requires_a_known_patient(double, client):

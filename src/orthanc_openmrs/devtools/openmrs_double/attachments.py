@@ -175,7 +175,7 @@ def _delete_attachment(store: Store, call: Call, uuid: str) -> Response:
     require(call, "Get Observations")
     att = _find_attachment(store, uuid)
     if (call.req.param("purge") or "").lower() in _TRUE_WORDS:
-        del store.attachments[att.uuid]
+        store.purge_attachment(att.uuid)
     else:
         att.voided = True
     return Response(204)

@@ -16,7 +16,7 @@ from orthanc_openmrs.devtools.openmrs_double.wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from orthanc_openmrs.devtools.openmrs_double.auth import Accounts, Session
     from orthanc_openmrs.devtools.openmrs_double.model import IdType, Patient, Store
@@ -36,6 +36,13 @@ def _identifier_matches(patient: Patient, token: str, types: Mapping[str, IdType
         if not bar or not system or types[ident.type_uuid].name.lower() == system.lower():
             return True
     return False
+
+
+def _matches(patient: Patient, groups: list[list[str]], types: Mapping[str, IdType]) -> bool:
+    """Whether an active patient has, for every group, an identifier matching one of its tokens."""
+    return not patient.voided and all(
+        any(_identifier_matches(patient, token, types) for token in group) for group in groups
+    )
 
 
 def _patient_resource(patient: Patient, types: Mapping[str, IdType]) -> dict[str, Any]:
@@ -120,15 +127,24 @@ class FhirApi:
         # Repeating the parameter means AND; a comma inside one value means OR.
         groups = [value.split(",") for value in req.query.get("identifier", [])]
         types = self._store.types
-        found = [
-            p.uuid
-            for p in self._store.patients.values()
-            if not p.voided
-            and all(any(_identifier_matches(p, t, types) for t in g) for g in groups)
-        ]
+        patients = self._store.patients
+        matched = {
+            uuid for uuid in self._candidates(groups) if _matches(patients[uuid], groups, types)
+        }
+        # Creation order, as when every patient was tested in turn; a pass over uuids is cheap.
+        found = [uuid for uuid in patients if uuid in matched]
         search_id = str(uuidlib.uuid4())
         self._searches[search_id] = found
         return self._bundle(req, search_id, 0, _count(req))
+
+    def _candidates(self, groups: list[list[str]]) -> Iterable[str]:
+        """The uuids that may match: a match holds a value of the first group (any case)."""
+        if not groups:
+            return self._store.patients.keys()
+        found: set[str] = set()
+        for token in groups[0]:
+            found |= self._store.uuids_with_id(token.rpartition("|")[2])
+        return found
 
     def _page(self, req: Request) -> Response:
         search_id = req.param("_getpages") or ""

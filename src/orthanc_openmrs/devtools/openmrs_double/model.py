@@ -1,6 +1,7 @@
 """What the double holds: the seeded values, patients, attachments and injected faults.
 
-Nothing here locks; the double takes its one lock around every call into the store.
+Nothing here locks; the double takes its one lock around every call into the store,
+so the indexes the store keeps are only ever read or changed under that lock.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 OPENMRS_ID_TYPE_UUID = "05a29f94-c0ed-11e2-94be-8c13b969e334"
 ID_CARD_TYPE_UUID = "b4143563-16cd-4439-b288-f83d61670fc8"
@@ -137,14 +138,57 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+@dataclass(frozen=True)
+class SearchKeys:
+    """A patient's identifiers and names, lower-cased once instead of on every search.
+
+    The store rebuilds them whenever the patient or one of its identifiers changes.
+    """
+
+    patient: Patient
+    active_ids: tuple[str, ...]
+    # Voided ones too: the identifier-prefix search does not look at the voided flag.
+    all_ids: tuple[str, ...]
+    names: tuple[str, str]
+    # Every identifier and both names in one string. Anything found in one of them is also
+    # found here, so one `in` test rules out most patients before the exact comparison.
+    text: str
+
+    @classmethod
+    def of(cls, patient: Patient) -> SearchKeys:
+        all_ids = tuple(i.identifier.lower() for i in patient.identifiers)
+        names = (patient.given.lower(), patient.family.lower())
+        return cls(
+            patient=patient,
+            active_ids=tuple(i.identifier.lower() for i in patient.active_ids()),
+            all_ids=all_ids,
+            names=names,
+            text="\n".join((*all_ids, *names)),
+        )
+
+
 class Store:
-    """Identifier types, patients and attachments, with the rules that apply when seeding."""
+    """Identifier types, patients and attachments, with the rules that apply when seeding.
+
+    Patients and attachments are changed only through the methods here, which keep the
+    indexes in step: each patient's search keys, patients by active identifier, and each
+    patient's attachments. A patient's listing then touches only its own attachments, and a
+    search compares strings lower-cased once rather than on every request.
+    """
 
     def __init__(self) -> None:
         self.created = now()
         self.types: dict[str, IdType] = {}
-        self.patients: dict[str, Patient] = {}
-        self.attachments: dict[str, StoredAttachment] = {}
+        self._patients: dict[str, Patient] = {}
+        # Same keys in the same order as _patients: replacing a patient keeps its place in both.
+        self._search_keys: dict[str, SearchKeys] = {}
+        # Lower-cased active identifier -> uuids of the patients holding it.
+        self._uuids_by_id: dict[str, set[str]] = {}
+        # Attachments in upload order, all of them and per patient uuid.
+        self._attachments: dict[str, StoredAttachment] = {}
+        self._attachments_of: dict[str, dict[str, StoredAttachment]] = {}
+
+    # -- identifier types -------------------------------------------------------------------
 
     def add_identifier_type(self, name: str, uuid: str | None = None) -> str:
         if any(t.name == name for t in self.types.values()):
@@ -156,6 +200,26 @@ class Store:
     def find_type(self, key: str) -> IdType | None:
         """A type by uuid, or failing that by name."""
         return self.types.get(key) or next((t for t in self.types.values() if t.name == key), None)
+
+    # -- patients ---------------------------------------------------------------------------
+
+    @property
+    def patients(self) -> Mapping[str, Patient]:
+        """Patients by uuid, in creation order; read-only, see add_patient."""
+        return self._patients
+
+    def search_keys(self) -> Iterable[SearchKeys]:
+        """Every patient's search keys, in the patients' order."""
+        return self._search_keys.values()
+
+    def uuids_with_id(self, identifier: str) -> frozenset[str]:
+        """Uuids of the patients, voided ones too, with this active identifier (ignoring case)."""
+        return frozenset(self._uuids_by_id.get(identifier.lower(), ()))
+
+    def add_patient(self, patient: Patient) -> None:
+        """Store a patient; one with a uuid already known replaces it, in its place."""
+        self._patients[patient.uuid] = patient
+        self._index_patient(patient)
 
     def new_identifiers(self, identifiers: Sequence[Identifier | str]) -> list[PatientId]:
         """A new patient's identifiers; a plain string is an "OpenMRS ID"."""
@@ -175,9 +239,35 @@ class Store:
         )
 
     def void_identifier(self, patient_uuid: str, identifier: str) -> None:
-        for ident in self.patients[patient_uuid].identifiers:
+        patient = self._patients[patient_uuid]
+        for ident in patient.identifiers:
             if ident.identifier == identifier:
                 ident.voided = True
+        self._index_patient(patient)
+
+    def _index_patient(self, patient: Patient) -> None:
+        """(Re)build the patient's search keys, dropping what its previous keys had indexed."""
+        old = self._search_keys.get(patient.uuid)
+        if old is not None:
+            # A set: two identifiers of one patient may differ only in case.
+            for value in set(old.active_ids):
+                holders = self._uuids_by_id[value]
+                holders.discard(patient.uuid)
+                if not holders:
+                    del self._uuids_by_id[value]
+        keys = SearchKeys.of(patient)
+        self._search_keys[patient.uuid] = keys
+        for value in keys.active_ids:
+            self._uuids_by_id.setdefault(value, set()).add(patient.uuid)
+
+    # -- attachments ------------------------------------------------------------------------
+    # A stored attachment's patient never changes, and voiding only sets a flag that the
+    # listing reads: only storing and purging touch the per-patient index.
+
+    @property
+    def attachments(self) -> Mapping[str, StoredAttachment]:
+        """Attachments by uuid, in upload order; read-only, see store and purge_attachment."""
+        return self._attachments
 
     def store_attachment(
         self, patient_uuid: str, comment: str | None, file: FileData, obs_datetime: datetime
@@ -195,21 +285,28 @@ class Store:
             downscaled=image and len(file.data) > DOWNSCALE_ABOVE_BYTES,
             stored_at=time.time(),
         )
-        self.attachments[att.uuid] = att
+        self._attachments[att.uuid] = att
+        self._attachments_of.setdefault(patient_uuid, {})[att.uuid] = att
         return att
+
+    def purge_attachment(self, uuid: str) -> None:
+        """Remove an attachment for good (DELETE with purge); voiding just sets its flag."""
+        att = self._attachments.pop(uuid)
+        del self._attachments_of[att.patient_uuid][uuid]
 
     def newest_first(
         self, patient_uuid: str | None, include_voided: bool
     ) -> list[StoredAttachment]:
-        # Ties on obs_datetime (whole seconds) put the later upload first.
+        """One patient's attachments (None: everyone's), latest obs_datetime first."""
+        if patient_uuid is None:
+            pool: Mapping[str, StoredAttachment] = self._attachments
+        else:
+            pool = self._attachments_of.get(patient_uuid, {})
+        # Ties on obs_datetime (whole seconds) put the later upload first. The pool is in
+        # upload order, so a position in it orders uploads as a position among all would.
         ranked = sorted(
-            enumerate(self.attachments.values()),
+            enumerate(pool.values()),
             key=lambda pair: (pair[1].obs_datetime, pair[0]),
             reverse=True,
         )
-        return [
-            att
-            for _, att in ranked
-            if (patient_uuid is None or att.patient_uuid == patient_uuid)
-            and (include_voided or not att.voided)
-        ]
+        return [att for _, att in ranked if include_voided or not att.voided]

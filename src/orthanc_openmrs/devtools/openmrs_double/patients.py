@@ -23,7 +23,12 @@ from orthanc_openmrs.devtools.openmrs_double.wire import json_response
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from orthanc_openmrs.devtools.openmrs_double.model import IdType, Patient, Store
+    from orthanc_openmrs.devtools.openmrs_double.model import (
+        IdType,
+        Patient,
+        SearchKeys,
+        Store,
+    )
     from orthanc_openmrs.devtools.openmrs_double.representation import Node
     from orthanc_openmrs.devtools.openmrs_double.wire import Call, Response
 
@@ -36,40 +41,46 @@ _T = TypeVar("_T")
 # Patient search (the platform's generic search, and the identifier-prefix variant)
 
 
-def _name_matches(patient: Patient, tokens: Sequence[str]) -> bool:
-    parts = [patient.given.lower(), patient.family.lower()]
-    return all(any(token in part for part in parts) for token in tokens)
+def _name_matches(names: Sequence[str], tokens: Sequence[str]) -> bool:
+    return all(any(token in part for part in names) for token in tokens)
 
 
-def fuzzy_search(patients: Iterable[Patient], query: str) -> list[Patient]:
+def fuzzy_search(rows: Iterable[SearchKeys], query: str) -> list[Patient]:
     """Identifier hits ("anywhere" n-gram mode, exact ones first), then name hits."""
     needle = query.strip().lower()
     if len(needle) < MIN_SEARCH_CHARACTERS:
         return []
+    tokens = needle.split()
+    # Every hit has the first token somewhere in its keys' text: the token is part of the
+    # needle, and every name token must be in a name. (After strip() there is always a token;
+    # an empty probe would keep everyone, as the full comparison would.)
+    probe = tokens[0] if tokens else ""
+    candidates = [keys for keys in rows if probe in keys.text]
     exact: list[Patient] = []
     partial: list[Patient] = []
     by_name: list[Patient] = []
-    for patient in patients:
-        if patient.voided:
+    for keys in candidates:
+        if keys.patient.voided:
             continue
-        values = [i.identifier.lower() for i in patient.active_ids()]
-        if needle in values:
-            exact.append(patient)
-        elif any(needle in value for value in values):
-            partial.append(patient)
-        elif _name_matches(patient, needle.split()):
-            by_name.append(patient)
+        if needle in keys.active_ids:
+            exact.append(keys.patient)
+        elif any(needle in value for value in keys.active_ids):
+            partial.append(keys.patient)
+        elif _name_matches(keys.names, tokens):
+            by_name.append(keys.patient)
     return exact + partial + by_name
 
 
-def prefix_search(patients: Iterable[Patient], query: str, include_all: bool) -> list[Patient]:
+def prefix_search(rows: Iterable[SearchKeys], query: str, include_all: bool) -> list[Patient]:
     # searchType=start is a SQL LIKE 'X%' that does not look at the identifier's voided flag.
     needle = query.lower()
+    # The `in` test on the text is a cheap first cut: a prefix of an identifier is in it too.
     return [
-        p
-        for p in patients
-        if (include_all or not p.voided)
-        and any(i.identifier.lower().startswith(needle) for i in p.identifiers)
+        keys.patient
+        for keys in rows
+        if needle in keys.text
+        and (include_all or not keys.patient.voided)
+        and any(value.startswith(needle) for value in keys.all_ids)
     ]
 
 
@@ -79,16 +90,16 @@ def _patient_search(store: Store, call: Call) -> list[Patient]:
     if not params:
         raise not_supported()
     require(call, "Get Patients")
-    patients = store.patients.values()
+    rows = store.search_keys()
     if params <= {"identifier", "searchType"} and "identifier" in params:
         query = call.req.param("identifier") or ""
         if call.req.param("searchType") == "start":
             include_all = (call.req.param("includeAll") or "").lower() == "true"
-            return prefix_search(patients, query, include_all)
-        return fuzzy_search(patients, query)
+            return prefix_search(rows, query, include_all)
+        return fuzzy_search(rows, query)
     # No handler fits: the resource's own search, which only reads q.
     q = call.req.param("q")
-    return [] if q is None else fuzzy_search(patients, q)
+    return [] if q is None else fuzzy_search(rows, q)
 
 
 # --------------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ class OpenMRSDouble:
                 created=now(),
                 identifiers=idents,
             )
-            self._store.patients[patient.uuid] = patient
+            self._store.add_patient(patient)
             return patient.uuid
 
     def void_identifier(self, patient_uuid: str, identifier: str) -> None:
