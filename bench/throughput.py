@@ -1,11 +1,13 @@
 """Throughput of one `orthanc-openmrs sync` pass, next to the floor of the same requests.
 
-Usage: python bench/throughput.py [--studies N] [--latency S] [--workers LIST]
+Usage: python bench/throughput.py [--studies N[,N...]] [--latency S] [--workers LIST] [--no-floor]
 
 Starts a real Orthanc (fresh temporary storage) and the OpenMRS double, loads N synthetic
 studies, then for each worker count runs the service's `sync --json` pass and the floor
 client (bench/floor.py) as subprocesses, each against a fresh double and, for the service,
-a fresh ledger. See bench/README.md for what each figure means.
+a fresh ledger. With several sizes, the corpus grows to each in turn and everything is
+measured again, ending with the service's peak RSS at each size against the smallest.
+See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -85,20 +87,29 @@ class Bench:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def study_spec(index: int, patients: int) -> StudySpec:
+def patient_of(index: int, block: int) -> int:
+    """The patient of study `index`: each block of studies has its own patients, each with
+    STUDIES_PER_PATIENT studies spread through the block (so that concurrent workers rarely
+    share a patient), and loading more blocks leaves the earlier studies' patients as they were.
+    """
+    per_block = max(1, math.ceil(block / STUDIES_PER_PATIENT))
+    return (index // block) * per_block + index % per_block
+
+
+def study_spec(index: int, block: int) -> StudySpec:
     slices = tuple(
         InstanceSpec("ct", n, rows=64, columns=64) for n in range(1, SLICES_PER_SERIES + 1)
     )
     return StudySpec(
         f"bench-throughput-{index}",
-        patient_id=patient_id(index % patients),
+        patient_id=patient_id(patient_of(index, block)),
         accession=f"BT{index}",
         series=tuple(SeriesSpec(n, instances=slices) for n in range(1, SERIES_PER_STUDY + 1)),
     )
 
 
-def load_one(client: httpx.Client, index: int, patients: int) -> tuple[int, str, str]:
-    spec = study_spec(index, patients)
+def load_one(client: httpx.Client, index: int, block: int) -> tuple[int, str, str]:
+    spec = study_spec(index, block)
     study_id = ""
     for dicom in build_study(spec):
         response = client.post("/instances", content=dicom)
@@ -108,29 +119,28 @@ def load_one(client: httpx.Client, index: int, patients: int) -> tuple[int, str,
     return index, study_id, spec.patient_id
 
 
-def load_corpus(orthanc: OrthancServer, count: int) -> Corpus:
-    """Build and upload the studies with a few threads sharing one pooled client."""
-    patients = max(1, math.ceil(count / STUDIES_PER_PATIENT))
+def load_corpus(orthanc: OrthancServer, corpus: Corpus, count: int, block: int) -> Corpus:
+    """Add studies up to `count` in all, built and uploaded by a few threads sharing one
+    pooled client."""
+    first = len(corpus.studies)
     loaded: list[tuple[int, str, str]] = []
-    step = max(1, count // 10)
+    step = max(1, (count - first) // 10)
     started = time.perf_counter()
     with orthanc.client() as client, ThreadPoolExecutor(LOAD_THREADS) as pool:
         pending: set[Future[tuple[int, str, str]]] = set()
-        for index in range(count):
+        for index in range(first, count):
             # A bounded window: the built files of at most this many studies wait in memory.
             if len(pending) >= 2 * LOAD_THREADS:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 loaded.extend(f.result() for f in done)
-            pending.add(pool.submit(load_one, client, index, patients))
-            if (index + 1) % step == 0:
-                rate = (index + 1) / (time.perf_counter() - started)
+            pending.add(pool.submit(load_one, client, index, block))
+            if (index + 1 - first) % step == 0:
+                rate = (index + 1 - first) / (time.perf_counter() - started)
                 print(f"  loading: {index + 1}/{count} studies ({rate:.0f} studies/s)", flush=True)
         loaded.extend(f.result() for f in wait(pending).done)
     loaded.sort()
-    return Corpus(
-        studies=[(study_id, pid) for _, study_id, pid in loaded],
-        patients=[patient_id(i) for i in range(patients)],
-    )
+    studies = corpus.studies + [(study_id, pid) for _, study_id, pid in loaded]
+    return Corpus(studies=studies, patients=sorted({pid for _, pid in studies}))
 
 
 def write_plan(corpus: Corpus, path: Path) -> None:
@@ -145,13 +155,13 @@ def write_plan(corpus: Corpus, path: Path) -> None:
 def run_service(bench: Bench, workers: int) -> Run:
     double = start_double(bench.latency, bench.corpus.patients)
     try:
-        ledger = bench.workdir / f"ledger-{workers}.sqlite3"
+        ledger = bench.workdir / f"ledger-{len(bench.corpus.studies)}-{workers}.sqlite3"
         env = server_env(bench.orthanc, double, database=ledger, workers=workers)
         measured = run_measured(
             ["-m", "orthanc_openmrs", "sync", "--json"],
             env=env,
             workdir=bench.workdir,
-            name=f"service-{workers}",
+            name=f"service-{len(bench.corpus.studies)}-{workers}",
             timeout=bench.timeout,
         )
         double_saw = double.count_requests()
@@ -172,7 +182,8 @@ def check_synced(summary: dict[str, Any], expected: int) -> None:
 
 def run_floor(bench: Bench, workers: int, *, lookup: bool) -> Run:
     double = start_double(bench.latency, bench.corpus.patients)
-    name = f"floor-{workers}" if lookup else f"floor-warm-{workers}"
+    kind = "floor" if lookup else "floor-warm"
+    name = f"{kind}-{len(bench.corpus.studies)}-{workers}"
     try:
         env = server_env(bench.orthanc, double, database=bench.workdir / "unused", workers=workers)
         target = [str(FLOOR), str(bench.plan), "--workers", str(workers)]
@@ -251,7 +262,12 @@ def report_best(results: dict[int, tuple[Run, Run, Run]]) -> None:
 # -- main ------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=2000, help="studies to load (2000)")
+    parser.add_argument(
+        "--studies",
+        default="2000",
+        help="studies to load (2000); several sizes, e.g. 2000,20000, are loaded one after the "
+        "other into the same Orthanc and measured in turn",
+    )
     parser.add_argument(
         "--latency", type=float, default=0.02, help="seconds the double waits per request (0.02)"
     )
@@ -262,53 +278,93 @@ def parse_args() -> argparse.Namespace:
         "--no-floor", action="store_true", help="measure the service only (e.g. peak RSS)"
     )
     args = parser.parse_args()
-    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    if args.studies < 1 or not args.workers or min(args.workers) < 1:
-        parser.error("--studies and every --workers value must be at least 1")
+    try:
+        args.studies = sorted({int(n) for n in args.studies.split(",") if n.strip()})
+        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error("--studies and --workers take comma-separated whole numbers")
+    if not args.studies or min(args.studies) < 1 or not args.workers or min(args.workers) < 1:
+        parser.error("every --studies and --workers value must be at least 1")
     return args
+
+
+def load(orthanc: OrthancServer, corpus: Corpus, count: int, block: int) -> Corpus:
+    started = time.perf_counter()
+    corpus = load_corpus(orthanc, corpus, count, block)
+    loaded = time.perf_counter() - started
+    wait_until_stable(orthanc, {s for s, _ in corpus.studies}, 120 + 0.02 * count)
+    stable = time.perf_counter() - started
+    print(
+        f"load: {count} studies ({count * SERIES_PER_STUDY * SLICES_PER_SERIES} instances, "
+        f"{len(corpus.patients)} patients) in Orthanc; this part uploaded in {loaded:.1f} s, "
+        f"all stable after {stable:.1f} s",
+        flush=True,
+    )
+    return corpus
+
+
+def measure_size(bench: Bench, args: argparse.Namespace) -> dict[int, Run]:
+    """Every worker count at one corpus size; the service's runs by worker count."""
+    write_plan(bench.corpus, bench.plan)
+    services: dict[int, Run] = {}
+    results = {}
+    if not args.no_floor:
+        # Whatever runs first reads a cold Orthanc; one unmeasured replay warms it for all.
+        warm_up = run_floor(bench, max(args.workers), lookup=False)
+        print(f"warm-up: one unmeasured floor replay ({warm_up.rate:.1f} studies/s)", flush=True)
+    for workers in args.workers:
+        service = services[workers] = run_service(bench, workers)
+        if args.no_floor:
+            print(
+                f"workers {workers}: service {service.rate:.1f} studies/s, "
+                f"peak RSS {mib(service.measured.peak_rss_kib):.1f} MiB, "
+                f"orthanc requests/study {service.orthanc_requests / service.studies:.2f}, "
+                f"openmrs requests/study {service.openmrs_requests / service.studies:.2f}",
+                flush=True,
+            )
+            continue
+        results[workers] = (
+            service,
+            run_floor(bench, workers, lookup=True),
+            run_floor(bench, workers, lookup=False),
+        )
+        report(workers, *results[workers])
+    if results:
+        report_best(results)
+    return services
+
+
+def report_memory(by_size: dict[int, dict[int, Run]]) -> None:
+    """Peak RSS of the service at each size, against the smallest, worker count by worker count."""
+    smallest = min(by_size)
+    for workers in by_size[smallest]:
+        base = by_size[smallest][workers].measured.peak_rss_kib
+        for size, services in sorted(by_size.items()):
+            rss = services[workers].measured.peak_rss_kib
+            print(
+                f"peak RSS of the service, workers {workers}: {size} studies {mib(rss):.1f} MiB, "
+                f"{rss / base:.3f} of {smallest} studies ({mib(base):.1f} MiB)"
+            )
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> None:
     orthanc = start_orthanc(workdir)
     try:
-        print(f"Orthanc {orthanc.url}; loading {args.studies} studies", flush=True)
-        started = time.perf_counter()
-        corpus = load_corpus(orthanc, args.studies)
-        loaded = time.perf_counter() - started
-        wait_until_stable(orthanc, {s for s, _ in corpus.studies}, 120 + 0.02 * args.studies)
-        stable = time.perf_counter() - started
-        print(
-            f"load: {args.studies} studies ({args.studies * SERIES_PER_STUDY * SLICES_PER_SERIES}"
-            f" instances, {len(corpus.patients)} patients) uploaded in {loaded:.1f} s, "
-            f"all stable after {stable:.1f} s",
-            flush=True,
-        )
+        print(f"Orthanc {orthanc.url}; corpus sizes {args.studies}", flush=True)
         trip = double_round_trip(args.latency)
         print(
             f"OpenMRS double: latency setting {args.latency * 1000:.0f} ms, "
             f"measured round trip {trip * 1000:.1f} ms per request",
             flush=True,
         )
-        bench = Bench(orthanc, corpus, workdir, args.latency, workdir / "plan.json")
-        write_plan(corpus, bench.plan)
-        results = {}
-        for workers in args.workers:
-            service = run_service(bench, workers)
-            if args.no_floor:
-                print(
-                    f"workers {workers}: service {service.rate:.1f} studies/s, "
-                    f"peak RSS {mib(service.measured.peak_rss_kib):.1f} MiB",
-                    flush=True,
-                )
-                continue
-            results[workers] = (
-                service,
-                run_floor(bench, workers, lookup=True),
-                run_floor(bench, workers, lookup=False),
-            )
-            report(workers, *results[workers])
-        if results:
-            report_best(results)
+        corpus = Corpus(studies=[], patients=[])
+        by_size: dict[int, dict[int, Run]] = {}
+        for size in args.studies:
+            corpus = load(orthanc, corpus, size, block=args.studies[0])
+            bench = Bench(orthanc, corpus, workdir, args.latency, workdir / "plan.json")
+            by_size[size] = measure_size(bench, args)
+        if len(by_size) > 1:
+            report_memory(by_size)
     finally:
         orthanc.kill()  # its storage is thrown away with the temporary directory
 

@@ -107,8 +107,10 @@ def refers_to(caption: str | None, study_uid: str, orthanc_id: str) -> bool:
 
     The study 1.2.3 is not the study 1.2.3.5, so the neighbours of a hit must not continue it.
     """
-    if not caption:
-        return False
+    if not caption or not (
+        (study_uid and study_uid in caption) or (orthanc_id and orthanc_id in caption)
+    ):
+        return False  # the common case, decided without building a pattern
     if study_uid and re.search(rf"(?<![0-9.]){re.escape(study_uid)}(?![0-9]|\.[0-9])", caption):
         return True
     return bool(

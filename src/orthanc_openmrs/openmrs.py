@@ -19,7 +19,7 @@ import httpx
 
 from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
 from orthanc_openmrs.models import Attachment, OpenMRSPatient, PatientIdentifier, Preview
-from orthanc_openmrs.transport import ThreadClients, describe, unreachable
+from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unreachable
 
 REST = "/ws/rest/v1"
 FHIR = "/ws/fhir2/R4"
@@ -44,7 +44,7 @@ class OpenMRSClient:
         self._clients = ThreadClients(
             lambda: httpx.Client(
                 base_url=base_url,
-                auth=(username, password),
+                headers=basic_auth(username, password),
                 timeout=timeout,
                 follow_redirects=False,
                 limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from http.cookiejar import CookieJar
 from typing import Any
 from urllib.parse import quote
 
@@ -20,11 +21,18 @@ from orthanc_openmrs.errors import (
     OrthancUnsupported,
 )
 from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, Series, Study
-from orthanc_openmrs.transport import ThreadClients, describe, unreachable
+from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unreachable
 
 KEEPALIVE_EXPIRY = 0.8
 STUDIES_PAGE = 1000
 _JSON = "application/json"
+
+
+class _NoCookies(CookieJar):
+    """Orthanc sets no cookies: this jar skips the parsing httpx would do on every answer."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
 
 
 def _seg(value: str) -> str:
@@ -44,7 +52,8 @@ class OrthancClient:
         self._clients = ThreadClients(
             lambda: httpx.Client(
                 base_url=base_url,
-                auth=(username, password) if username else None,
+                headers=basic_auth(username, password) if username else None,
+                cookies=_NoCookies(),
                 timeout=timeout,
                 follow_redirects=False,
                 limits=httpx.Limits(
