@@ -19,7 +19,7 @@ import structlog
 
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
 from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
-from orthanc_openmrs.models import Outcome, State, StudyResult
+from orthanc_openmrs.models import Outcome, Prior, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
@@ -164,7 +164,7 @@ class Service:
             self.progress.add_total(self.store.count_due(self._clock()))
         syncer = self._syncer()
         last_poll = self._clock()
-        inflight: dict[Future[StudyResult], StudyRow] = {}
+        inflight: dict[Future[StudyResult], tuple[StudyRow, Prior]] = {}
         window = self.options.workers * 2
         pool = self._executor()
         try:
@@ -176,22 +176,20 @@ class Service:
                         self.progress.add_total(found)
                     last_poll = self._clock()
                 if len(inflight) <= self.options.workers:  # refill in batches, not one by one
-                    for row in self.store.claim_due(
+                    rows = self.store.claim_due(
                         self._clock(),
                         window - len(inflight),
-                        exclude={row.orthanc_id for row in inflight.values()},
+                        exclude={row.orthanc_id for row, _ in inflight.values()},
                         not_tried_since=started,
-                    ):
-                        prior = replace(
-                            row.prior, same_uid=self.store.same_uid(row.orthanc_id, row.study_uid)
-                        )
-                        inflight[pool.submit(syncer.sync, row.orthanc_id, prior)] = row
+                    )
+                    same_uid = self.store.same_uid(rows)
+                    for row in rows:
+                        prior = replace(row.prior, same_uid=same_uid[row.orthanc_id])
+                        inflight[pool.submit(syncer.sync, row.orthanc_id, prior)] = (row, prior)
                 if not inflight:
                     break
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    claimed = inflight.pop(future)
-                    self._record(future.result(), summary, claimed)
+                self._record_done([(future, *inflight.pop(future)) for future in done], summary)
         except BaseException:
             # Let the studies already in flight finish before anything else may pick them.
             for future in inflight:
@@ -224,10 +222,32 @@ class Service:
         )
 
     # -- recording -------------------------------------------------------------------------
-    def _record(
-        self, result: StudyResult, summary: PassSummary, claimed: StudyRow | None = None
+    def _record_done(
+        self, done: list[tuple[Future[StudyResult], StudyRow, Prior]], summary: PassSummary
     ) -> None:
-        """Record one attempt: one transaction, plus one look-up when the study is synced.
+        """Record the attempts that finished together in one transaction; an attempt that
+        ended the pass (credentials, outage) is raised once the others are recorded."""
+        failure: BaseException | None = None
+        with self.store.batch():
+            for future, claimed, prior in done:
+                try:
+                    result = future.result()
+                except BaseException as exc:
+                    failure = failure or exc
+                    continue
+                self._record(result, summary, claimed, prior)
+        if failure is not None:
+            raise failure
+
+    def _record(
+        self,
+        result: StudyResult,
+        summary: PassSummary,
+        claimed: StudyRow | None = None,
+        prior: Prior | None = None,
+    ) -> None:
+        """Record one attempt: one transaction, plus one look-up when the study is synced and
+        the ledger did not know it alone with its UID.
 
         The workers wait on this thread, so it reads nothing it was already handed (`claimed`).
         """
@@ -253,7 +273,8 @@ class Service:
             self.store.record(
                 result, decision.state, now, decision.next_attempt_at, _audits(result, now)
             )
-        if decision.state is State.SYNCED:
+        # An identity found after the claim is newer: it supersedes this one when it syncs.
+        if decision.state is State.SYNCED and (prior is None or prior.same_uid != ()):
             self.upkeep.supersede_others(result)
         self._report(result)
 

@@ -63,9 +63,7 @@ class Upkeep:
     def supersede_others(self, result: StudyResult) -> None:
         """One StudyInstanceUID, one attachment: older Orthanc identities of the same study (a
         corrected PatientID) give up theirs, voided when it sits on another chart."""
-        for other in self.store.synced_with_uid(result.study_uid):
-            if other.orthanc_id == result.orthanc_id:
-                continue
+        for other in self.store.synced_with_uid(result.study_uid, besides=result.orthanc_id):
             reason = f"superseded by Orthanc study {result.orthanc_id}"
             voided = bool(other.attachment_uuid) and other.attachment_uuid != result.attachment_uuid
             if voided:

@@ -147,11 +147,12 @@ def test_same_uid_only_when_the_ledger_knows_every_uid(tmp_path: Path) -> None:
     store.discover(
         ["a", "b", "c"], 1.0, priority=BACKLOG, due_at=1.0, uids={"a": "1.2", "b": "1.2"}
     )
-    assert store.same_uid("a", "1.2") is None  # c's UID was never read
+    rows = {row.orthanc_id: row for row in store.all_studies()}
+    assert store.same_uid([rows["a"], rows["b"]]) == {"a": None, "b": None}  # c's UID unread
     assert store.without_uid(["a", "b", "c", "d"]) == ["c", "d"]
     store.record(StudyResult("c", Outcome.GONE, retryable=False), State.GONE, 2.0, None)
-    assert store.same_uid("a", "1.2") == ("b",)
-    assert store.same_uid("a", "") is None
+    rows = {row.orthanc_id: row for row in store.all_studies()}
+    assert store.same_uid(list(rows.values())) == {"a": ("b",), "b": ("a",), "c": None}
 
 
 def test_discovered_uid_fills_only_an_unread_one(tmp_path: Path) -> None:
@@ -160,6 +161,23 @@ def test_discovered_uid_fills_only_an_unread_one(tmp_path: Path) -> None:
     store.discover(["a", "b"], 1.0, priority=LIVE, due_at=1.0, uids={"b": "1.5"})
     store.note_stable(["a", "b"], 2.0, {"a": "1.4", "b": "9.9"})
     assert store.without_uid(["a", "b"]) == []
-    assert store.same_uid("b", "1.5") == ()
+    assert store.same_uid(store.find("1.5")) == {"b": ()}
     assert [row.study_uid for row in store.find("1.4")] == ["1.4"]
     assert [row.orthanc_id for row in store.find("1.5")] == ["b"]
+
+
+def test_batch_commits_together_and_rolls_back_together(tmp_path: Path) -> None:
+    """Results recorded in one batch are all kept, or, when the batch fails, none is."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["a", "b"], 1.0, priority=BACKLOG, due_at=1.0)
+    with store.batch():
+        store.record(StudyResult("a", Outcome.UNMATCHED), State.UNMATCHED, 2.0, 9.0)
+        store.record(StudyResult("b", Outcome.UNMATCHED), State.UNMATCHED, 2.0, 9.0)
+    try:
+        with store.batch():
+            store.record(StudyResult("a", Outcome.FAILED), State.FAILED, 3.0, 9.0)
+            raise RuntimeError("the pass ends here")
+    except RuntimeError:
+        pass
+    states = {row.orthanc_id: row.state for row in store.all_studies()}
+    assert states == {"a": State.UNMATCHED, "b": State.UNMATCHED}
