@@ -16,12 +16,13 @@ IDs the next request needs. Prints a JSON summary.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
@@ -47,56 +48,88 @@ class Counter:
             self.value += 1
 
 
-@dataclass
+class _NoCookies(CookieJar):
+    """The service's own plumbing: Orthanc's answers carry no cookies to parse."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
 class Clients:
-    orthanc: httpx.Client
-    openmrs: httpx.Client
-    orthanc_requests: Counter
-    openmrs_requests: Counter
+    """One httpx client per server and per thread, set up as the service sets up its own
+    (credentials as a fixed header, no cookie parsing for Orthanc), so that the floor and the
+    service differ in what they do, not in how they talk HTTP."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self._orthanc_headers = (
+            _basic(env["ORTHANC_USER"], env["ORTHANC_PASSWORD"]) if env["ORTHANC_USER"] else {}
+        )
+        self._openmrs_headers = _basic(env["OPENMRS_USER"], env["OPENMRS_PASSWORD"])
+        self._local = threading.local()
+        self._all: list[httpx.Client] = []
+        self._lock = threading.Lock()
+        self.orthanc_requests = Counter()
+        self.openmrs_requests = Counter()
+
+    def _clients(self) -> tuple[httpx.Client, httpx.Client]:
+        pair: tuple[httpx.Client, httpx.Client] | None = getattr(self._local, "pair", None)
+        if pair is None:
+            env = os.environ
+            orthanc = httpx.Client(
+                base_url=env["ORTHANC_URL"],
+                headers=self._orthanc_headers,
+                cookies=_NoCookies(),
+                timeout=TIMEOUT,
+                limits=httpx.Limits(
+                    max_connections=2,
+                    max_keepalive_connections=1,
+                    keepalive_expiry=ORTHANC_KEEPALIVE_EXPIRY,
+                ),
+            )
+            openmrs = httpx.Client(
+                base_url=env["OPENMRS_URL"],
+                headers=self._openmrs_headers,
+                timeout=TIMEOUT,
+                limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            )
+            pair = self._local.pair = (orthanc, openmrs)
+            with self._lock:
+                self._all.extend(pair)
+        return pair
+
+    def close(self) -> None:
+        for client in self._all:
+            client.close()
 
     def orthanc_get(self, path: str, accept: str = "application/json") -> httpx.Response:
         self.orthanc_requests.add()
-        response = self.orthanc.get(path, headers={"Accept": accept})
+        response = self._clients()[0].get(path, headers={"Accept": accept})
         response.raise_for_status()
         return response
 
     def openmrs_get(self, path: str, params: dict[str, str | int]) -> Any:
         self.openmrs_requests.add()
-        response = self.openmrs.get(path, params=params, headers={"Accept": "application/json"})
+        response = self._clients()[1].get(
+            path, params=params, headers={"Accept": "application/json"}
+        )
         response.raise_for_status()
         return response.json()
 
     def openmrs_upload(self, patient: str, caption: str, image: bytes) -> None:
         self.openmrs_requests.add()
-        response = self.openmrs.post(
+        response = self._clients()[1].post(
             f"{REST}/attachment",
             data={"patient": patient, "fileCaption": caption},
             files={"file": ("floor.jpg", image, "image/jpeg")},
             headers={"Accept": "application/json"},
         )
         response.raise_for_status()
-
-
-def make_clients(workers: int) -> Clients:
-    env = os.environ
-    orthanc_auth = (env["ORTHANC_USER"], env["ORTHANC_PASSWORD"]) if env["ORTHANC_USER"] else None
-    orthanc = httpx.Client(
-        base_url=env["ORTHANC_URL"],
-        auth=orthanc_auth,
-        timeout=TIMEOUT,
-        limits=httpx.Limits(
-            max_connections=workers,
-            max_keepalive_connections=workers,
-            keepalive_expiry=ORTHANC_KEEPALIVE_EXPIRY,
-        ),
-    )
-    openmrs = httpx.Client(
-        base_url=env["OPENMRS_URL"],
-        auth=(env["OPENMRS_USER"], env["OPENMRS_PASSWORD"]),
-        timeout=TIMEOUT,
-        limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
-    )
-    return Clients(orthanc, openmrs, Counter(), Counter())
 
 
 def replay(clients: Clients, study_id: str, identifier: str, known_uuid: str | None) -> None:
@@ -129,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = json.loads(args.plan.read_text(encoding="utf-8"))
     known = plan["patients"] if args.no_lookup else {}
-    clients = make_clients(args.workers)
+    clients = Clients()
     started = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
         jobs = [
@@ -144,8 +177,7 @@ def main() -> None:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     seconds = time.perf_counter() - started
-    clients.orthanc.close()
-    clients.openmrs.close()
+    clients.close()
     summary = {
         "studies": len(plan["studies"]),
         "seconds": seconds,
