@@ -8,6 +8,7 @@ equals the candidate exactly.
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,24 @@ def exact_matches(
             for ident in patient.identifiers
         )
     ]
+
+
+def worth_keeping(candidate: str, hits: Iterable[OpenMRSPatient]) -> list[OpenMRSPatient]:
+    """What `decide` can use of a search for `candidate`: patients not voided, with only their
+    non-voided identifiers equal to it. The fuzzy search also returns near misses and whole
+    identifier lists, which would only weigh on a cache of search results."""
+    kept = []
+    for patient in hits:
+        same = tuple(
+            PatientIdentifier(
+                candidate, sys.intern(i.type_uuid), sys.intern(i.type_name), voided=False
+            )
+            for i in patient.identifiers
+            if i.identifier == candidate and not i.voided
+        )
+        if same and not patient.voided:
+            kept.append(OpenMRSPatient(patient.uuid, same, display=patient.display))
+    return kept
 
 
 def decide(

@@ -85,7 +85,7 @@ class InstanceKind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PatientIdentifier:
     identifier: str
     type_uuid: str
@@ -93,7 +93,7 @@ class PatientIdentifier:
     voided: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenMRSPatient:
     uuid: str
     identifiers: tuple[PatientIdentifier, ...]

@@ -69,8 +69,8 @@ class SyncOptions:
 
 class PatientCache:
     """Identifier search results for the length of one pass (patients registered later show up
-    on the next pass), shared by the workers. Bounded, least recently used first out, so a
-    backfill of any size keeps memory flat."""
+    on the next pass), shared by the workers. Bounded, least recently used first out, and
+    holding only the exact hits, so a backfill of any size keeps memory flat."""
 
     def __init__(self, search: Callable[[str], list[OpenMRSPatient]], size: int = 4096) -> None:
         self._search = search
@@ -83,7 +83,7 @@ class PatientCache:
             if identifier in self._hits:
                 self._hits.move_to_end(identifier)
                 return self._hits[identifier]
-        hits = self._search(identifier)
+        hits = matching.worth_keeping(identifier, self._search(identifier))
         with self._lock:
             self._hits[identifier] = hits
             while len(self._hits) > self._size:

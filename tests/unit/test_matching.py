@@ -108,3 +108,24 @@ def test_no_candidates_is_unmatched() -> None:
     decision = decide([], {}, frozenset())
     assert decision.kind is MatchKind.UNMATCHED
     assert "no patient identifier" in decision.reason
+
+
+def test_worth_keeping_holds_only_what_decides() -> None:
+    """A cached search keeps only the exact, non-voided identifiers of non-voided patients, and
+    deciding on what it keeps gives the same answer as deciding on the whole search."""
+    from orthanc_openmrs.matching import worth_keeping
+
+    hits = [
+        _patient("a", ("1234", "OpenMRS ID", False), ("X-9", "ID Card", False)),
+        _patient("b", ("12345", "OpenMRS ID", False)),  # a near miss of the fuzzy search
+        _patient("c", ("1234", "ID Card", True)),  # the identifier is voided
+        _patient("d", ("1234", "ID Card", False), voided=True),
+        _patient("e", ("1234", "ID Card", False)),
+    ]
+    kept = worth_keeping("1234", hits)
+    assert [(p.uuid, [(i.identifier, i.type_name) for i in p.identifiers]) for p in kept] == [
+        ("a", [("1234", "OpenMRS ID")]),
+        ("e", [("1234", "ID Card")]),
+    ]
+    for types in (frozenset(), frozenset({"OpenMRS ID"}), frozenset({"t2"})):
+        assert decide(["1234"], {"1234": kept}, types) == decide(["1234"], {"1234": hits}, types)
