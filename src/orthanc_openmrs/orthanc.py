@@ -25,6 +25,9 @@ from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unrea
 
 KEEPALIVE_EXPIRY = 0.8
 STUDIES_PAGE = 1000
+# Expanded studies are about 1 KB of JSON each. Pages of a megabyte, parsed one after the
+# other, leave the heap fragmented and the process larger with every page; small ones do not.
+EXPANDED_PAGE = 100
 _JSON = "application/json"
 
 
@@ -159,7 +162,7 @@ class OrthancClient:
             yield ids
             offset += len(ids)
 
-    def studies_with_uids(self, size: int = STUDIES_PAGE) -> Iterator[dict[str, str]]:
+    def studies_with_uids(self, size: int = EXPANDED_PAGE) -> Iterator[dict[str, str]]:
         """Every study Orthanc holds with its StudyInstanceUID, a page at a time: the
         expanded list costs Orthanc far less than asking for each UID's studies later."""
         offset = 0
