@@ -75,3 +75,19 @@ def test_late_series_with_higher_number_changes_nothing(orthanc, openmrs, databa
     assert len(openmrs.attachments()) == 1
     assert openmrs.count_requests("POST") == 0
     assert openmrs.count_requests("DELETE") == 0
+
+
+def test_expanded_study_list_pages_give_every_study_with_its_uid(orthanc) -> None:
+    """The first start's listing reads Orthanc page by page, and every study comes with the
+    StudyInstanceUID Orthanc holds for it."""
+    from orthanc_openmrs.orthanc import OrthancClient
+
+    ids = load(orthanc, *[StudySpec(f"page{i}", patient_id=f"PG{i}") for i in range(3)])
+    client = OrthancClient(orthanc.url, username=orthanc.username, password=orthanc.password)
+    try:
+        pages = list(client.studies_with_uids(size=2))
+        expected = {oid: client.study(oid).study_uid for oid in ids.values()}
+    finally:
+        client.close()
+    assert [len(page) for page in pages] == [2, 1]
+    assert {k: v for page in pages for k, v in page.items()} == expected
