@@ -16,17 +16,17 @@ IDs the next request needs. Prints a JSON summary.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from orthanc_openmrs.transport import NoCookies, ThreadClients, basic_auth
 
 REST = "/ws/rest/v1"
 # The same representation the service asks for, so the double does the same work.
@@ -48,43 +48,21 @@ class Counter:
             self.value += 1
 
 
-class _NoCookies(CookieJar):
-    """The service's own plumbing: Orthanc's answers carry no cookies to parse."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-
-def _basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {token}"}
-
-
 class Clients:
-    """One httpx client per server and per thread, set up as the service sets up its own
+    """One httpx client per server and per thread, made with the service's own plumbing
     (credentials as a fixed header, no cookie parsing for Orthanc), so that the floor and the
     service differ in what they do, not in how they talk HTTP."""
 
     def __init__(self) -> None:
         env = os.environ
-        self._orthanc_headers = (
-            _basic(env["ORTHANC_USER"], env["ORTHANC_PASSWORD"]) if env["ORTHANC_USER"] else {}
+        orthanc_headers = (
+            basic_auth(env["ORTHANC_USER"], env["ORTHANC_PASSWORD"]) if env["ORTHANC_USER"] else {}
         )
-        self._openmrs_headers = _basic(env["OPENMRS_USER"], env["OPENMRS_PASSWORD"])
-        self._local = threading.local()
-        self._all: list[httpx.Client] = []
-        self._lock = threading.Lock()
-        self.orthanc_requests = Counter()
-        self.openmrs_requests = Counter()
-
-    def _clients(self) -> tuple[httpx.Client, httpx.Client]:
-        pair: tuple[httpx.Client, httpx.Client] | None = getattr(self._local, "pair", None)
-        if pair is None:
-            env = os.environ
-            orthanc = httpx.Client(
+        self._orthanc = ThreadClients(
+            lambda: httpx.Client(
                 base_url=env["ORTHANC_URL"],
-                headers=self._orthanc_headers,
-                cookies=_NoCookies(),
+                headers=orthanc_headers,
+                cookies=NoCookies(),
                 timeout=TIMEOUT,
                 limits=httpx.Limits(
                     max_connections=2,
@@ -92,30 +70,31 @@ class Clients:
                     keepalive_expiry=ORTHANC_KEEPALIVE_EXPIRY,
                 ),
             )
-            openmrs = httpx.Client(
+        )
+        self._openmrs = ThreadClients(
+            lambda: httpx.Client(
                 base_url=env["OPENMRS_URL"],
-                headers=self._openmrs_headers,
+                headers=basic_auth(env["OPENMRS_USER"], env["OPENMRS_PASSWORD"]),
                 timeout=TIMEOUT,
                 limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
             )
-            pair = self._local.pair = (orthanc, openmrs)
-            with self._lock:
-                self._all.extend(pair)
-        return pair
+        )
+        self.orthanc_requests = Counter()
+        self.openmrs_requests = Counter()
 
     def close(self) -> None:
-        for client in self._all:
-            client.close()
+        self._orthanc.close()
+        self._openmrs.close()
 
     def orthanc_get(self, path: str, accept: str = "application/json") -> httpx.Response:
         self.orthanc_requests.add()
-        response = self._clients()[0].get(path, headers={"Accept": accept})
+        response = self._orthanc.get().get(path, headers={"Accept": accept})
         response.raise_for_status()
         return response
 
     def openmrs_get(self, path: str, params: dict[str, str | int]) -> Any:
         self.openmrs_requests.add()
-        response = self._clients()[1].get(
+        response = self._openmrs.get().get(
             path, params=params, headers={"Accept": "application/json"}
         )
         response.raise_for_status()
@@ -123,7 +102,7 @@ class Clients:
 
     def openmrs_upload(self, patient: str, caption: str, image: bytes) -> None:
         self.openmrs_requests.add()
-        response = self._clients()[1].post(
+        response = self._openmrs.get().post(
             f"{REST}/attachment",
             data={"patient": patient, "fileCaption": caption},
             files={"file": ("floor.jpg", image, "image/jpeg")},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from http.cookiejar import CookieJar
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +20,13 @@ from orthanc_openmrs.errors import (
     OrthancUnsupported,
 )
 from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, Series, Study
-from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unreachable
+from orthanc_openmrs.transport import (
+    NoCookies,
+    ThreadClients,
+    basic_auth,
+    describe,
+    unreachable,
+)
 
 KEEPALIVE_EXPIRY = 0.8
 STUDIES_PAGE = 1000
@@ -29,13 +34,6 @@ STUDIES_PAGE = 1000
 # other, leave the heap fragmented and the process larger with every page; small ones do not.
 EXPANDED_PAGE = 100
 _JSON = "application/json"
-
-
-class _NoCookies(CookieJar):
-    """Orthanc sets no cookies: this jar skips the parsing httpx would do on every answer."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
 
 
 def _seg(value: str) -> str:
@@ -56,7 +54,7 @@ class OrthancClient:
             lambda: httpx.Client(
                 base_url=base_url,
                 headers=basic_auth(username, password) if username else None,
-                cookies=_NoCookies(),
+                cookies=NoCookies(),
                 timeout=timeout,
                 follow_redirects=False,
                 limits=httpx.Limits(
@@ -151,27 +149,28 @@ class OrthancClient:
         """The newest change sequence number (never moves backwards, unlike `?last`)."""
         return int(self._json("/changes", {"since": 0, "limit": 0}).get("Last", 0))
 
-    def study_ids(self, since: int, limit: int) -> list[str]:
-        """One page of all study IDs, in Orthanc's insertion order."""
-        return [str(i) for i in self._json("/studies", {"since": int(since), "limit": int(limit)})]
+    def _study_pages(self, size: int, *, expand: bool) -> Iterator[list[Any]]:
+        """Orthanc's list of studies, in insertion order, a page at a time (memory stays flat on
+        a big PACS)."""
+        params: dict[str, str | int] = {"expand": ""} if expand else {}
+        offset = 0
+        while page := self._json("/studies", {**params, "since": offset, "limit": size}):
+            yield page
+            offset += len(page)
 
     def study_id_pages(self, size: int = STUDIES_PAGE) -> Iterator[list[str]]:
-        """Every study ID Orthanc holds, a page at a time (memory stays flat on a big PACS)."""
-        offset = 0
-        while ids := self.study_ids(offset, size):
-            yield ids
-            offset += len(ids)
+        """Every study ID Orthanc holds, a page at a time."""
+        for page in self._study_pages(size, expand=False):
+            yield [str(i) for i in page]
 
     def studies_with_uids(self, size: int = EXPANDED_PAGE) -> Iterator[dict[str, str]]:
         """Every study Orthanc holds with its StudyInstanceUID, a page at a time: the
         expanded list costs Orthanc far less than asking for each UID's studies later."""
-        offset = 0
-        while page := self._json("/studies", {"expand": "", "since": offset, "limit": size}):
+        for page in self._study_pages(size, expand=True):
             yield {
                 str(item["ID"]): str(item.get("MainDicomTags", {}).get("StudyInstanceUID", ""))
                 for item in page
             }
-            offset += len(page)
 
     def study_uids(self, orthanc_ids: Iterable[str]) -> dict[str, str]:
         """The StudyInstanceUID of each of these studies that can be read now; a study that

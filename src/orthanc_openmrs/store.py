@@ -268,6 +268,8 @@ class Store:
         """For each of these studies, the other studies in the ledger with its
         StudyInstanceUID; None when the ledger cannot vouch for knowing them all (it holds a
         study whose UID it has not read, or has not read this one's)."""
+        if not rows:
+            return {}  # the pass asks after every finished study, mostly with nothing claimed
         unread = self._query(
             "SELECT 1 FROM studies WHERE study_uid = '' AND state != 'gone' LIMIT 1"
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable
+from http.cookiejar import CookieJar
+from typing import Any
 
 import httpx
 
@@ -17,6 +19,14 @@ def basic_auth(username: str, password: str) -> dict[str, str]:
     would, without running its auth flow per request."""
     token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     return {"Authorization": f"Basic {token}"}
+
+
+class NoCookies(CookieJar):
+    """A jar for a server that sets no cookies (Orthanc): it skips the parsing httpx would do
+    on every answer."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
 
 
 def unreachable(exc: httpx.HTTPError) -> bool:

@@ -101,7 +101,7 @@ class Upkeep:
         """One sweep of Orthanc's study list against the ledger: finds studies the changes feed
         missed, studies waiting for a StableStudy that will never come, and deleted studies
         (their attachments are voided unless SYNC_KEEP_DELETED). One request per 1000 studies,
-        plus one per study that has disappeared."""
+        plus one per study that has disappeared and one per study whose UID the ledger lacks."""
         sweep = self.store.begin_sweep()
         seen = new = 0
         for ids in self.orthanc.study_id_pages():
