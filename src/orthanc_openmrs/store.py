@@ -16,10 +16,11 @@ from pathlib import Path
 from orthanc_openmrs.errors import StoreError
 from orthanc_openmrs.models import NEEDS_A_PERSON, Prior, State, StudyResult
 
-SCHEMA_VERSION = 1
 _OPEN_TIMEOUT = 30.0
 
-_SCHEMA = """
+# The first schema. A new ledger is made from it and then migrated like an old one, so the
+# path every existing ledger takes at start is the one the tests take every time.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS studies (
     orthanc_id          TEXT PRIMARY KEY,
     study_uid           TEXT NOT NULL DEFAULT '',
@@ -67,6 +68,42 @@ CREATE TABLE IF NOT EXISTS audit (
     reason          TEXT NOT NULL
 );
 """
+
+# Each step takes a ledger from the version before it to its own. Steps are never edited once
+# released: a change of schema is a new step.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+    ALTER TABLE studies ADD COLUMN patient_sex TEXT NOT NULL DEFAULT '';
+    -- A claim held by one process until lease_until, so that several processes share a ledger
+    -- without working one study at once, and a killed process's studies are taken over.
+    ALTER TABLE studies ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE studies ADD COLUMN lease_until REAL;
+    -- The identifiers each study names, so that a patient registered or changed in OpenMRS
+    -- finds the studies waiting for one of its identifiers without a scan.
+    CREATE TABLE study_identifiers (
+        orthanc_id TEXT NOT NULL,
+        identifier TEXT NOT NULL,
+        PRIMARY KEY (orthanc_id, identifier)
+    );
+    CREATE INDEX study_identifiers_value ON study_identifiers (identifier);
+    WITH RECURSIVE split(orthanc_id, part, rest) AS (
+        SELECT orthanc_id, '', candidates || char(10) FROM studies WHERE candidates != ''
+        UNION ALL
+        SELECT orthanc_id, substr(rest, 1, instr(rest, char(10)) - 1),
+               substr(rest, instr(rest, char(10)) + 1)
+        FROM split WHERE rest != ''
+    )
+    INSERT OR IGNORE INTO study_identifiers (orthanc_id, identifier)
+        SELECT orthanc_id, part FROM split WHERE part != '';
+    -- Work that one process at a time does for all (the changes feed, the sweep).
+    CREATE TABLE leases (
+        name  TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until REAL NOT NULL
+    );
+    """,
+}
+SCHEMA_VERSION = max(_MIGRATIONS)
 
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
@@ -127,16 +164,25 @@ class Store:
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=_OPEN_TIMEOUT)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA synchronous=NORMAL")
-            # Opening an existing ledger only reads, so `status` works beside a running `run`.
-            if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                self._create()
+            # Opening a current ledger only reads, so `status` works beside a running `run`.
+            version = self._version()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"SYNC_DATABASE: {path} was written by a newer orthanc-openmrs (ledger schema "
+                    f"{version}; this one knows up to {SCHEMA_VERSION}): upgrade this installation"
+                )
+            if version != SCHEMA_VERSION:
+                self._upgrade()
         except sqlite3.Error as exc:
             raise StoreError(f"SYNC_DATABASE: cannot open {path}: {exc}") from exc
         self.path = path
 
-    def _create(self) -> None:
-        """Create the ledger; safe when another process (`run` and `status` started together)
-        creates the same file at the same moment."""
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _upgrade(self) -> None:
+        """Create the ledger or bring an older one up to date, keeping every row; safe when
+        another process (`run` and `status` started together) does the same at the same moment."""
         # Switching to WAL needs the file to itself, and SQLite answers "locked" at once instead
         # of waiting, so the wait is ours.
         deadline = time.monotonic() + _OPEN_TIMEOUT
@@ -148,10 +194,20 @@ class Store:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        # The schema is idempotent; the immediate transaction makes a second creator wait.
-        self._db.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+        # The immediate transaction makes a second opener wait, then find the work done.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version()
+            steps = [_SCHEMA_V1] if version == 0 else []
+            steps += [_MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)]
+            for step in steps:
+                for statement in _statements(step):
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -569,6 +625,19 @@ class Store:
             )
             for r in self._query(sql + " ORDER BY id", params)
         ]
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, one by one: `executescript` would commit the open transaction."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
 
 
 def _row(r: sqlite3.Row) -> StudyRow:
