@@ -91,5 +91,5 @@ def test_a_ledger_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match="SYNC_DATABASE: .* newer orthanc-openmrs"):
+    with pytest.raises(StoreError, match=r"SYNC_DATABASE: .* newer orthanc-openmrs"):
         Store(path)
