@@ -24,6 +24,16 @@ PUBLIC_URL = "https://pacs.example.org"
 def settings_for(
     orthanc: OrthancServer, openmrs: OpenMRSDouble, database: Path, **overrides: Any
 ) -> Settings:
+    """Settings for tests that need no delays: retries at once, two workers."""
+    values: dict[str, Any] = {"sync_retry_min": 0, "sync_retry_max": 0, "sync_workers": 2}
+    values.update(overrides)
+    return default_settings_for(orthanc, openmrs, database, **values)
+
+
+def default_settings_for(
+    orthanc: OrthancServer, openmrs: OpenMRSDouble, database: Path, **overrides: Any
+) -> Settings:
+    """Settings as a user gets them: only the servers, credentials and ledger are given."""
     values: dict[str, Any] = {
         "orthanc_url": orthanc.url,
         "orthanc_user": orthanc.username,
@@ -33,11 +43,8 @@ def settings_for(
         "openmrs_user": "admin",
         "openmrs_password": "Admin123",
         "sync_database": database,
-        "sync_retry_min": 0,
-        "sync_retry_max": 0,
-        "sync_workers": 2,
+        **overrides,
     }
-    values.update(overrides)
     return load_settings(None, **values)
 
 

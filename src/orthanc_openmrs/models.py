@@ -101,6 +101,16 @@ class OpenMRSPatient:
     voided: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class PatientChange:
+    """A patient OpenMRS reports changed (created, edited, given or relieved of identifiers):
+    its active identifiers, and when it changed as the server tells it."""
+
+    uuid: str
+    identifiers: tuple[str, ...]
+    last_updated: str
+
+
 @dataclass(frozen=True)
 class Attachment:
     """An attachment as OpenMRS lists it."""
@@ -147,6 +157,9 @@ class State(enum.Enum):
 
 
 NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.FAILED)
+# States in which a study waits for OpenMRS to learn its patient: a change to a patient holding
+# one of the study's identifiers is worth another attempt at once.
+WAITING = (State.UNMATCHED, State.AMBIGUOUS)
 
 
 @dataclass(frozen=True)

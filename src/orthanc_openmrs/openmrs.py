@@ -11,14 +11,20 @@ Two traps of the real server shape this module:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
-from orthanc_openmrs.models import Attachment, OpenMRSPatient, PatientIdentifier, Preview
+from orthanc_openmrs.models import (
+    Attachment,
+    OpenMRSPatient,
+    PatientChange,
+    PatientIdentifier,
+    Preview,
+)
 from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unreachable
 
 REST = "/ws/rest/v1"
@@ -138,23 +144,50 @@ class OpenMRSClient:
         """The exact FHIR identifier search, all pages."""
         # FHIR token syntax: '|' separates system and value, ',' means OR; escape both.
         token = identifier.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,")
-        patients: list[OpenMRSPatient] = []
-        path, params = f"{FHIR}/Patient", {"identifier": token, "_count": str(PAGE)}
+        return [_fhir_patient(r) for r in self._fhir_search({"identifier": token})]
+
+    def patients_changed(self, since: str) -> list[PatientChange]:
+        """Patients whose FHIR `lastUpdated` is at or after `since` (ISO 8601), every page.
+
+        One request while few patients change, however many studies wait for one. Voided
+        patients are not listed by FHIR searches; what a merge gives the surviving patient is."""
+        return [
+            PatientChange(
+                uuid=str(resource.get("id", "")),
+                identifiers=tuple(i.identifier for i in _fhir_patient(resource).identifiers),
+                last_updated=str((resource.get("meta") or {}).get("lastUpdated") or ""),
+            )
+            for resource in self._fhir_search({"_lastUpdated": f"ge{since}"})
+        ]
+
+    def live_patients(self, uuids: Sequence[str]) -> set[str]:
+        """Which of these patients OpenMRS still holds unvoided: FHIR searches leave voided
+        patients out, so one `_id` search per hundred patients tells (a merge voids one)."""
+        found: set[str] = set()
+        for start in range(0, len(uuids), PAGE):
+            chunk = ",".join(uuids[start : start + PAGE])
+            found.update(str(r.get("id", "")) for r in self._fhir_search({"_id": chunk}))
+        return found
+
+    def _fhir_search(self, params: dict[str, str]) -> Iterator[Mapping[str, Any]]:
+        """The resources of a FHIR Patient search, following its `next` links."""
+        path, query = f"{FHIR}/Patient", {**params, "_count": str(PAGE)}
         while True:
-            data = self._get(path, params)
+            data = self._get(path, query)
             entries = data.get("entry", []) or []
-            patients.extend(_fhir_patient(e.get("resource", {})) for e in entries)
+            for entry in entries:
+                yield entry.get("resource", {}) or {}
             following = [
                 str(link.get("url", ""))
                 for link in data.get("link", []) or []
                 if link.get("relation") == "next"
             ]
             if not entries or not following:
-                return patients
+                return
             # The next link is absolute, as the server sees itself; keep only path and query.
             url = httpx.URL(following[0])
             path = FHIR + url.path.split(FHIR, 1)[-1] if FHIR in url.path else f"{FHIR}/Patient"
-            params = dict(url.params)
+            query = dict(url.params)
 
     def get_patient(self, patient_uuid: str) -> OpenMRSPatient:
         """One patient by uuid; an unknown uuid is an error naming it."""

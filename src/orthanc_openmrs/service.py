@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from orthanc_openmrs import patient_watch as watch
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
 from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
 from orthanc_openmrs.models import Outcome, Prior, State, StudyResult
@@ -95,6 +96,7 @@ class Service:
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
         )
         self._pool: ThreadPoolExecutor | None = None
+        self._patients_followed = True
         # Shared by every pass, so the rate limit and the one-worker-per-UID rule hold across
         # passes in `run`.
         self._uid_locks = UidLocks()
@@ -110,7 +112,9 @@ class Service:
         if not self.store.catchup_done():
             found += self._catch_up()
             self.store.mark_catchup_done()
-        return found + self._follow_changes()
+        found += self._follow_changes()
+        self._follow_patients()
+        return found
 
     def _catch_up(self) -> int:
         found = seen = 0
@@ -150,6 +154,35 @@ class Service:
             if page.done or not page.changes:
                 return found
 
+    def _follow_patients(self) -> int:
+        """Ask OpenMRS which patients changed since the last poll, and make due at once the
+        studies waiting for one of their identifiers. One request per poll while few patients
+        change, however many studies wait; the studies' own retry delays remain the safety net
+        for what this cannot see (a server without FHIR2; see docs/openmrs-patient-changes.md).
+        Returns how many studies were woken."""
+        if self.sync_options.dry_run or not self._patients_followed:
+            return 0
+        stored = self.store.patient_watermark()
+        mark = watch.Watermark.decode(stored) if stored else watch.first_watermark(self._clock())
+        try:
+            answer = self.openmrs.patients_changed(mark.at)
+        except ServerError as exc:
+            if isinstance(exc, CredentialsRefused) or exc.unavailable:
+                raise
+            if exc.status in (403, 404):  # no FHIR2, or no right to it: retry delays remain
+                self._patients_followed = False
+                log.warning("patients.unfollowed", reason=exc.message)
+                return 0
+            log.warning("patients.poll_failed", reason=exc.message)
+            return 0
+        step = watch.advance(mark, answer)
+        woken = self.store.wake_for_patients(step.fresh, self._clock()) if step.fresh else 0
+        if step.watermark != mark or stored is None:
+            self.store.set_patient_watermark(step.watermark.encode())
+        if step.fresh:
+            log.info("patients.changed", patients=len(step.fresh), studies_woken=woken)
+        return woken
+
     # -- passes ----------------------------------------------------------------------------
     def run_pass(self, stop: threading.Event | None = None) -> PassSummary:
         """Sync every due study once.
@@ -171,6 +204,7 @@ class Service:
             while not (stop and stop.is_set()):
                 if self._clock() - last_poll >= self.options.poll_interval:
                     found = self._follow_changes()  # new studies go before the backlog
+                    self._follow_patients()
                     summary.discovered += found
                     if self.progress:
                         self.progress.add_total(found)

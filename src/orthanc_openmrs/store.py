@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orthanc_openmrs.errors import StoreError
-from orthanc_openmrs.models import NEEDS_A_PERSON, Prior, State, StudyResult
+from orthanc_openmrs.models import NEEDS_A_PERSON, WAITING, PatientChange, Prior, State, StudyResult
 
 _OPEN_TIMEOUT = 30.0
 
@@ -105,6 +105,8 @@ _MIGRATIONS: dict[int, str] = {
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
+# A candidate patient is stored as "uuid display": its uuid, in SQL.
+_CANDIDATE_UUID = "substr(c.value, 1, instr(c.value || ' ', ' ') - 1)"
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
 # States in which the service may still act on a study by itself.
@@ -390,6 +392,14 @@ class Store:
                 "VALUES (?, 'pending', ?, ?)",
                 (result.orthanc_id, now, now),
             )
+            if result.candidates:  # an attempt that failed before reading them keeps the old
+                db.execute(
+                    "DELETE FROM study_identifiers WHERE orthanc_id = ?", (result.orthanc_id,)
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO study_identifiers (orthanc_id, identifier) VALUES (?, ?)",
+                [(result.orthanc_id, value) for value in result.candidates],
+            )
             db.execute(
                 """UPDATE studies SET
                     state = :state, reason = :reason, retryable = :retryable,
@@ -402,7 +412,8 @@ class Store:
                     study_date = COALESCE(NULLIF(:date, ''), study_date),
                     description = COALESCE(NULLIF(:description, ''), description),
                     orthanc_last_update = COALESCE(NULLIF(:last_update, ''), orthanc_last_update),
-                    candidates = :candidates, candidate_patients = :candidate_patients,
+                    candidates = COALESCE(NULLIF(:candidates, ''), candidates),
+                    candidate_patients = :candidate_patients,
                     patient_uuid = COALESCE(NULLIF(:patient, ''), patient_uuid),
                     attachment_uuid = COALESCE(NULLIF(:attachment, ''), attachment_uuid),
                     instance_id = COALESCE(NULLIF(:instance, ''), instance_id),
@@ -431,6 +442,75 @@ class Store:
                     "id": result.orthanc_id,
                 },
             )
+
+    def wake_for_patients(self, changes: Sequence[PatientChange], now: float) -> int:
+        """Patients changed in OpenMRS: the studies waiting for one of their identifiers are due
+        now, and so are synced studies naming one of them that sit on another patient's chart
+        (a merge moved their attachment, or the identifier moved); how many were woken.
+
+        A manual link is a person's decision and is left alone."""
+        pairs = json.dumps([[c.uuid, value] for c in changes for value in c.identifiers])
+        marks = ",".join("?" for _ in WAITING)
+        with self._tx() as db:
+            before = db.total_changes
+            db.execute(
+                f"""UPDATE studies SET next_attempt_at = ?, priority = ?, updated_at = ?,
+                    recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END
+                WHERE orthanc_id IN (
+                    SELECT s.orthanc_id FROM json_each(?) AS p
+                    JOIN study_identifiers AS i ON i.identifier = json_extract(p.value, '$[1]')
+                    JOIN studies AS s ON s.orthanc_id = i.orthanc_id
+                    WHERE s.state IN ({marks})
+                       OR (s.state = 'synced' AND s.manual_patient_uuid = ''
+                           AND s.patient_uuid != json_extract(p.value, '$[0]'))
+                )""",  # noqa: S608
+                (now, LIVE, now, pairs, *(state.value for state in WAITING)),
+            )
+            return int(db.total_changes - before)
+
+    def patients_to_check(self, after: str, limit: int) -> list[str]:
+        """Patients holding synced studies, and the candidates of ambiguous ones, in uuid order
+        after `after`: the sweep checks a slice of them each time, so every one is checked in
+        turn at a bounded cost."""
+        rows = self._query(
+            f"""SELECT uuid FROM (
+                    SELECT patient_uuid AS uuid FROM studies WHERE state = 'synced'
+                    UNION
+                    SELECT {_CANDIDATE_UUID} AS uuid
+                    FROM studies AS s, json_each(s.candidate_patients) AS c
+                    WHERE s.state = 'ambiguous'
+                ) WHERE uuid > ? ORDER BY uuid LIMIT ?""",  # noqa: S608
+            (after, limit),
+        )
+        return [str(r["uuid"]) for r in rows]
+
+    def recheck_studies_of(self, patient_uuids: Sequence[str], now: float) -> int:
+        """Patients voided or merged away: their synced studies, and the ambiguous studies
+        naming them as candidates, are looked at again now; how many."""
+        with self._tx() as db:
+            before = db.total_changes
+            db.execute(
+                f"""UPDATE studies SET next_attempt_at = ?, priority = ?, updated_at = ?,
+                    recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END
+                WHERE (state = 'synced' AND patient_uuid IN (SELECT value FROM json_each(?)))
+                   OR (state = 'ambiguous' AND EXISTS (
+                        SELECT 1 FROM json_each(candidate_patients) AS c
+                        WHERE {_CANDIDATE_UUID} IN (SELECT value FROM json_each(?))))""",  # noqa: S608
+                (now, LIVE, now, json.dumps(list(patient_uuids)), json.dumps(list(patient_uuids))),
+            )
+            return int(db.total_changes - before)
+
+    def patient_check_mark(self) -> str:
+        return self._meta("patient_check_after") or ""
+
+    def set_patient_check_mark(self, after: str) -> None:
+        self._set_meta("patient_check_after", after)
+
+    def patient_watermark(self) -> str | None:
+        return self._meta("patient_watermark")
+
+    def set_patient_watermark(self, encoded: str) -> None:
+        self._set_meta("patient_watermark", encoded)
 
     def count_due(self, now: float) -> int:
         rows = self._query(

@@ -141,7 +141,12 @@ class StudySync:
             return StudyResult(orthanc_id, Outcome.FAILED, exc.message, exc.retryable)
         try:
             with self._uid_lock(study.study_uid):
-                return self._sync_study(study, prior)
+                result = self._sync_study(study, prior)
+            if result.candidates or result.outcome is Outcome.NOT_STABLE:
+                return result
+            # The ledger keeps every study's identifiers, so that a patient registered, merged
+            # or given an identifier in OpenMRS finds the studies it concerns.
+            return replace(result, candidates=self._candidates(study))
         except OrthancNotFound:
             return _result(study, Outcome.GONE, "the study was deleted while syncing", False)
         except StudyRejected as exc:
@@ -208,10 +213,13 @@ class StudySync:
                 newest = other.orthanc_id
         return newest
 
+    def _candidates(self, study: Study) -> tuple[str, ...]:
+        return matching.candidate_ids(study.patient_tags, self.options.patient_tags)
+
     def _patient(self, study: Study, prior: Prior | None) -> tuple[str, StudyResult | None]:
         if prior is not None and prior.manual_patient_uuid:
             return prior.manual_patient_uuid, None  # a person linked it: their decision stands
-        candidates = matching.candidate_ids(study.patient_tags, self.options.patient_tags)
+        candidates = self._candidates(study)
         hits = {c: self.patients.lookup(c) for c in candidates}
         decision = matching.decide(candidates, hits, self.options.identifier_types)
         if decision.kind is matching.MatchKind.MATCHED:
@@ -298,8 +306,15 @@ class StudySync:
         planned = self._planned(study, patient, chosen)
         if self.options.dry_run:
             return replace(planned, outcome=Outcome.REPLACED, reason="dry run: would replace")
-        # One made by a replacement that crashed half-way is adopted, not made again.
+        # One made by a replacement that crashed half-way is adopted, not made again; so is
+        # the copy a patient merge made on the surviving patient.
         mine = [a for a in self._attachments_of_study(patient, study) if a != prior.attachment_uuid]
+        moved = bool(mine) and patient != prior.patient_uuid and not self._still_there(prior)
+        if moved:
+            reason = f"OpenMRS moved the attachment to patient {patient} (patients merged)"
+            return replace(
+                planned, outcome=Outcome.REPLACED, reason=reason, attachment_uuid=mine[0]
+            )
         if mine:
             fresh = replace(planned, attachment_uuid=mine[0])
         else:
@@ -316,6 +331,13 @@ class StudySync:
         for item in voided:
             self.openmrs.void_attachment(item.attachment_uuid)
         return replace(fresh, outcome=Outcome.REPLACED, reason=why, voided=tuple(voided))
+
+    def _still_there(self, prior: Prior) -> bool:
+        """Whether the attachment the ledger knows is still live on the patient it was put on
+        (a merge voids it there and makes a copy on the surviving patient)."""
+        return any(
+            a.uuid == prior.attachment_uuid for a in self.openmrs.attachments(prior.patient_uuid)
+        )
 
 
 def _result(

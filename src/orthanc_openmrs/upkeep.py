@@ -8,13 +8,17 @@ from dataclasses import dataclass
 
 import structlog
 
-from orthanc_openmrs.errors import OrthancNotFound, ServerError
+from orthanc_openmrs.errors import CredentialsRefused, OrthancNotFound, ServerError
 from orthanc_openmrs.models import Outcome, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.store import AuditRow, Store, StudyRow
 
 log = structlog.get_logger("orthanc_openmrs")
+
+# Ten FHIR requests a sweep: with the default sweep every 10 minutes, 144,000 patient checks a
+# day at about one request a minute.
+PATIENTS_CHECKED_PER_SWEEP = 1000
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,43 @@ class Upkeep:
                     attachment_uuid=newest.attachment_uuid,
                 )
             )
+        rechecked = self.check_patients()
         self.store.finish_sweep(self._clock())
         summary = SweepSummary(seen=seen, new=new, deleted=deleted, voided=voided)
-        log.info("reconcile.done", seen=seen, new=new, deleted=deleted, voided=voided)
+        log.info(
+            "reconcile.done",
+            seen=seen,
+            new=new,
+            deleted=deleted,
+            voided=voided,
+            rechecked=rechecked,
+        )
         return summary
+
+    def check_patients(self) -> int:
+        """The safety net for patient merges and voided duplicates, which OpenMRS's change times
+        do not show: each sweep asks whether a slice of the patients holding synced studies, or
+        named by ambiguous ones, are still live (one request per 100). The studies of a voided
+        one are looked at again: a synced one finds the attachment the merge moved to the
+        surviving patient and the ledger follows; an ambiguous one may now have one patient.
+        Returns how many studies were rechecked."""
+        after = self.store.patient_check_mark()
+        patients = self.store.patients_to_check(after, PATIENTS_CHECKED_PER_SWEEP)
+        try:
+            live = self.openmrs.live_patients(patients) if patients else set()
+        except ServerError as exc:
+            if isinstance(exc, CredentialsRefused) or exc.unavailable:
+                raise
+            log.warning("patients.check_failed", reason=exc.message)
+            return 0
+        gone = [p for p in patients if p not in live]
+        rechecked = self.store.recheck_studies_of(gone, self._clock()) if gone else 0
+        # A short slice means the end was reached: start again from the first patient.
+        full = len(patients) == PATIENTS_CHECKED_PER_SWEEP
+        self.store.set_patient_check_mark(patients[-1] if full else "")
+        if gone:
+            log.info("patients.voided", patients=len(gone), studies_rechecked=rechecked)
+        return rechecked
 
     def forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
         """If Orthanc no longer has the study: gone, its attachment voided (unless kept).

@@ -29,5 +29,8 @@ def test_sample_run_syncs_the_sample_studies(tmp_path: Path) -> None:
     assert all(line.startswith("  ok ") for line in checks)
     assert "synced              5" in done.stdout
     assert "Pass complete: 0 studies looked at" in done.stdout
+    registered = done.stdout.split("A clerk registers", 1)[1]
+    assert "Pass complete: 1 studies looked at" in registered
+    assert "synced              1" in registered
     assert len(list((output / "previews").iterdir())) == 5
     assert (output / "orthanc-openmrs.sqlite3").exists()

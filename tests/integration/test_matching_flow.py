@@ -138,7 +138,8 @@ def test_fhir_lookup_matches_exactly(orthanc, openmrs, database) -> None:
     settings = settings_for(orthanc, openmrs, database, sync_patient_lookup="fhir")
     assert sync_pass(settings).counts[Outcome.SYNCED] == 1
     assert openmrs.attachments()[0].patient_uuid == patient
-    assert openmrs.count_requests("GET", "/ws/fhir2/R4/Patient") == 1
+    lookups = [r for r in openmrs.requests if "identifier" in r.query]
+    assert [r.path for r in lookups] == ["/ws/fhir2/R4/Patient"]
     assert openmrs.count_requests("GET", "/ws/rest/v1/patient") == 0
 
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
-from orthanc_openmrs.models import Outcome, State, StudyResult
+from orthanc_openmrs.models import Outcome, PatientChange, State, StudyResult
 from orthanc_openmrs.store import BACKLOG, LIVE, Store
 
 
@@ -181,3 +182,87 @@ def test_batch_commits_together_and_rolls_back_together(tmp_path: Path) -> None:
         pass
     states = {row.orthanc_id: row.state for row in store.all_studies()}
     assert states == {"a": State.UNMATCHED, "b": State.UNMATCHED}
+
+
+def _waiting(store: Store, orthanc_id: str, outcome: Outcome, *ids: str) -> None:
+    store.discover([orthanc_id], 1.0, priority=BACKLOG, due_at=1.0)
+    state = State.UNMATCHED if outcome is Outcome.UNMATCHED else State.AMBIGUOUS
+    store.record(StudyResult(orthanc_id, outcome, candidates=ids), state, 2.0, 5000.0)
+
+
+def test_a_changed_patient_wakes_the_studies_waiting_for_its_identifiers(tmp_path: Path) -> None:
+    """Unmatched and ambiguous studies naming one of the patient's identifiers are due now."""
+    store = Store(tmp_path / "s.sqlite3")
+    _waiting(store, "u", Outcome.UNMATCHED, "A1", "OTHER")
+    _waiting(store, "amb", Outcome.AMBIGUOUS, "B2")
+    _waiting(store, "untouched", Outcome.UNMATCHED, "C3")
+    woken = store.wake_for_patients(
+        [PatientChange("p1", ("OTHER",), "t"), PatientChange("p2", ("B2", "Z"), "t")], 10.0
+    )
+    assert woken == 2
+    due = store.claim_due(10.0, 10, exclude=set(), not_tried_since=10.0)
+    assert sorted(row.orthanc_id for row in due) == ["amb", "u"]
+
+
+def test_wake_matches_identifiers_exactly(tmp_path: Path) -> None:
+    """A patient with 'a1' or 'A12' does not wake a study waiting for 'A1'."""
+    store = Store(tmp_path / "s.sqlite3")
+    _waiting(store, "u", Outcome.UNMATCHED, "A1")
+    assert store.wake_for_patients([PatientChange("p", ("a1", "A12"), "t")], 10.0) == 0
+
+
+def test_wake_rechecks_a_synced_study_only_when_another_patient_holds_its_id(
+    tmp_path: Path,
+) -> None:
+    """A synced study on p2 whose identifier now is p1's is rechecked; one on p1 is not."""
+    store = Store(tmp_path / "s.sqlite3")
+    for oid, patient in (("on-p2", "p2"), ("on-p1", "p1")):
+        store.discover([oid], 1.0, priority=BACKLOG, due_at=1.0)
+        store.record(
+            StudyResult(
+                oid, Outcome.SYNCED, patient_uuid=patient, attachment_uuid="a", candidates=("X",)
+            ),
+            State.SYNCED,
+            2.0,
+            None,
+        )
+    assert store.wake_for_patients([PatientChange("p1", ("X",), "t")], 10.0) == 1
+    (row,) = store.claim_due(10.0, 10, exclude=set(), not_tried_since=10.0)
+    assert (row.orthanc_id, row.state) == ("on-p2", State.SYNCED)
+
+
+def test_an_attempt_that_read_no_identifiers_keeps_the_known_ones(tmp_path: Path) -> None:
+    """A failure before the identifiers were read leaves the study findable by them."""
+    store = Store(tmp_path / "s.sqlite3")
+    _waiting(store, "u", Outcome.UNMATCHED, "A1")
+    store.record(StudyResult("u", Outcome.FAILED, "Orthanc 500"), State.FAILED, 3.0, 5000.0)
+    db = sqlite3.connect(tmp_path / "s.sqlite3")
+    try:
+        kept = db.execute("SELECT identifier FROM study_identifiers WHERE orthanc_id = 'u'")
+        assert [r[0] for r in kept] == ["A1"]
+    finally:
+        db.close()
+
+
+def test_patients_to_check_holds_synced_and_ambiguous_candidates_in_turn(tmp_path: Path) -> None:
+    """Synced studies' patients and ambiguous studies' candidates, in uuid order, paged."""
+    store = Store(tmp_path / "s.sqlite3")
+    store.discover(["s", "a"], 1.0, priority=BACKLOG, due_at=1.0)
+    store.record(
+        StudyResult("s", Outcome.SYNCED, patient_uuid="p2", attachment_uuid="x"),
+        State.SYNCED,
+        2.0,
+        None,
+    )
+    store.record(
+        StudyResult("a", Outcome.AMBIGUOUS, candidate_patients=("p3 X - A B", "p1 X - C D")),
+        State.AMBIGUOUS,
+        2.0,
+        9e9,
+    )
+    assert store.patients_to_check("", 10) == ["p1", "p2", "p3"]
+    assert store.patients_to_check("p1", 1) == ["p2"]
+    assert store.recheck_studies_of(["p1"], 5.0) == 1
+    assert store.recheck_studies_of(["p2"], 5.0) == 1
+    due = store.claim_due(5.0, 10, exclude=set(), not_tried_since=5.0)
+    assert sorted(row.orthanc_id for row in due) == ["a", "s"]

@@ -22,6 +22,8 @@ from orthanc_openmrs.devtools.sample import SAMPLE_STUDIES, seed_patients
 from orthanc_openmrs.store import Store
 
 PUBLIC_URL = "https://pacs.example.org"
+# The sample study whose patient is registered only after the first pass.
+LATE_ID, LATE_NAME = "NEW-7", "Pat Later"
 # The double's default account, as on a fresh OpenMRS demo server.
 DOUBLE_USER, DOUBLE_PASSWORD = "admin", "Admin123"
 
@@ -47,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         _show_attachments(openmrs, patients, output)
         failures = _check_outcomes(output)
         print("\nA second pass finds nothing new to attach:")
+        _cli(env, output, "sync")
+        print(
+            f"A clerk registers {LATE_NAME} ({LATE_ID}) in OpenMRS; the next pass attaches the"
+            " study at once, without waiting for its retry delay:"
+        )
+        given, family = LATE_NAME.split()
+        openmrs.add_patient([LATE_ID], given=given, family=family)
         _cli(env, output, "sync")
         _cli(env, output, "status")
         if args.keep_running:

@@ -134,7 +134,7 @@ SAMPLE_STUDIES: tuple[SampleStudy, ...] = (
             description="CT ABDOMEN",
             accession="ACC8",
         ),
-        "no such patient yet: retried on later passes until registered",
+        "no such patient yet: unmatched, then attached by the pass after its registration",
         "unmatched",
     ),
 )

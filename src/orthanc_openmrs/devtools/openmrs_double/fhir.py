@@ -45,6 +45,28 @@ def _matches(patient: Patient, groups: list[list[str]], types: Mapping[str, IdTy
     )
 
 
+def _date_range(value: str) -> tuple[datetime, datetime]:
+    """The instants a `_lastUpdated` value selects, as fhir2's date handling computes them:
+    precision capped at seconds, and `gt` as inclusive as `ge` (`lt` as `le`)."""
+    prefix, text = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f'Invalid date/time format: "{text}"') from None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    start = instant.replace(microsecond=0)
+    end = start.replace(microsecond=999_999)
+    lowest, highest = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    if prefix in ("gt", "ge"):
+        return start, highest
+    if prefix in ("lt", "le"):
+        return lowest, end
+    if prefix == "eq":
+        return start, end
+    raise ValueError(f'Invalid date/time prefix: "{prefix}"')
+
+
 def _patient_resource(patient: Patient, types: Mapping[str, IdType]) -> dict[str, Any]:
     identifiers = [
         {
@@ -62,7 +84,7 @@ def _patient_resource(patient: Patient, types: Mapping[str, IdType]) -> dict[str
     resource: dict[str, Any] = {
         "resourceType": "Patient",
         "id": patient.uuid,
-        "meta": {"lastUpdated": patient.created.isoformat()},
+        "meta": {"lastUpdated": patient.last_updated.isoformat()},
         "identifier": identifiers,
         "active": not patient.voided,
         "name": [{"id": patient.name_uuid, "family": patient.family, "given": [patient.given]}],
@@ -126,10 +148,19 @@ class FhirApi:
     def _patient_search(self, req: Request) -> Response:
         # Repeating the parameter means AND; a comma inside one value means OR.
         groups = [value.split(",") for value in req.query.get("identifier", [])]
+        ids = [set(value.split(",")) for value in req.query.get("_id", [])]
+        try:
+            ranges = [_date_range(value) for value in req.query.get("_lastUpdated", [])]
+        except ValueError as exc:
+            return _operation_outcome(400, "processing", str(exc))
         types = self._store.types
         patients = self._store.patients
         matched = {
-            uuid for uuid in self._candidates(groups) if _matches(patients[uuid], groups, types)
+            uuid
+            for uuid in self._candidates(groups)
+            if _matches(patients[uuid], groups, types)
+            and all(uuid in group for group in ids)
+            and all(low <= patients[uuid].last_updated <= high for low, high in ranges)
         }
         # Creation order, as when every patient was tested in turn; a pass over uuids is cheap.
         found = [uuid for uuid in patients if uuid in matched]

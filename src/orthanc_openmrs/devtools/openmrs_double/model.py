@@ -96,6 +96,14 @@ class Patient:
     voided: bool
     created: datetime
     identifiers: list[PatientId]
+    # patient.date_changed: set when a column of the patient or person row changes (a scalar
+    # person edit, a void), never when only child rows (identifiers, names) do.
+    changed: datetime | None = None
+
+    @property
+    def last_updated(self) -> datetime:
+        """What FHIR2 filters `_lastUpdated` on and shows as `meta.lastUpdated`."""
+        return self.changed or self.created
 
     @property
     def full_name(self) -> str:
@@ -239,11 +247,81 @@ class Store:
         )
 
     def void_identifier(self, patient_uuid: str, identifier: str) -> None:
+        # Only the identifier row changes: the patient's date_changed stays.
         patient = self._patients[patient_uuid]
         for ident in patient.identifiers:
             if ident.identifier == identifier:
                 ident.voided = True
         self._index_patient(patient)
+
+    def add_identifier(self, patient_uuid: str, spec: Identifier | str) -> None:
+        # savePatientIdentifier inserts a child row: the patient's date_changed stays.
+        patient = self._patients[patient_uuid]
+        ident = self._new_identifier(spec)
+        patient.identifiers.append(ident)
+        self._index_patient(patient)
+
+    def edit_person(
+        self, patient_uuid: str, *, gender: str | None = None, birthdate: date | None = None
+    ) -> None:
+        """A scalar edit of the person (POST /person/{uuid}): the row is dirty, so Hibernate's
+        AuditableInterceptor sets date_changed on person and patient."""
+        patient = self._patients[patient_uuid]
+        before = (patient.gender, patient.birthdate)
+        patient.gender = patient.gender if gender is None else gender
+        patient.birthdate = patient.birthdate if birthdate is None else birthdate
+        if (patient.gender, patient.birthdate) != before:
+            patient.changed = now()
+
+    def void_patient(self, patient_uuid: str) -> None:
+        """voidPatient: the patient and, through the void handlers, its identifiers."""
+        patient = self._patients[patient_uuid]
+        if patient.voided:
+            return
+        patient.voided = True
+        for ident in patient.identifiers:
+            ident.voided = True
+        patient.changed = now()
+        self._index_patient(patient)
+
+    def merge_patients(self, preferred_uuid: str, other_uuid: str) -> dict[str, str]:
+        """PatientServiceImpl.mergePatients, for what the double holds; returns the uuids of the
+        encounterless attachments it moved, old -> new.
+
+        Active identifiers are copied to the preferred patient as new, non-preferred rows
+        (child rows: its date_changed moves only if a demographic is copied too). Encounterless
+        obs are saved again for the preferred patient, which makes new obs with new uuids and
+        the same caption and file, and voids the old ones. The other patient is voided."""
+        winner, loser = self._patients[preferred_uuid], self._patients[other_uuid]
+        if winner is loser:
+            raise ValueError("a patient cannot be merged with itself")
+        have = {(i.identifier, i.type_uuid) for i in winner.active_ids()}
+        for ident in loser.active_ids():
+            if (ident.identifier, ident.type_uuid) not in have:
+                winner.identifiers.append(
+                    PatientId(str(uuidlib.uuid4()), ident.identifier, ident.type_uuid, False, False)
+                )
+        moved = {}
+        for att in list(self._attachments_of.get(loser.uuid, {}).values()):
+            if att.voided:
+                continue
+            copy = self.store_attachment(
+                winner.uuid,
+                att.comment,
+                FileData(att.filename, att.mime_type, att.data),
+                att.obs_datetime,
+            )
+            att.voided = True
+            moved[att.uuid] = copy.uuid
+        if winner.gender not in ("M", "F") and loser.gender in ("M", "F"):
+            winner.gender = loser.gender
+            winner.changed = now()
+        if winner.birthdate is None and loser.birthdate is not None:
+            winner.birthdate = loser.birthdate
+            winner.changed = now()
+        self._index_patient(winner)
+        self.void_patient(loser.uuid)
+        return moved
 
     def _index_patient(self, patient: Patient) -> None:
         """(Re)build the patient's search keys, dropping what its previous keys had indexed."""

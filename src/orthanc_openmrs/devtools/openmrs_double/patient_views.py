@@ -64,7 +64,7 @@ _PATIENT_VIEWS = {
 }  # fmt: skip
 
 
-def _audit(base: str, created: datetime) -> dict[str, Any]:
+def _audit(base: str, created: datetime, changed: datetime | None = None) -> dict[str, Any]:
     creator = {
         "uuid": ADMIN_UUID,
         "display": "admin",
@@ -75,8 +75,8 @@ def _audit(base: str, created: datetime) -> dict[str, Any]:
     return {
         "creator": creator,
         "dateCreated": format_datetime(created),
-        "changedBy": None,
-        "dateChanged": None,
+        "changedBy": None if changed is None else creator,
+        "dateChanged": None if changed is None else format_datetime(changed),
     }
 
 
@@ -158,7 +158,7 @@ def _person_node(patient: Patient, base: str) -> Node:
         "addresses": [],
         "attributes": [],
         "voided": patient.voided,
-        "auditInfo": _audit(base, patient.created),
+        "auditInfo": _audit(base, patient.created, patient.changed),
         "birthtime": None,
         "deathdateEstimated": False,
         "resourceVersion": "1.11",
@@ -177,7 +177,7 @@ def patient_node(patient: Patient, types: Mapping[str, IdType], base: str) -> No
         "identifiers": identifiers,
         "person": _person_node(patient, base),
         "voided": patient.voided,
-        "auditInfo": _audit(base, patient.created),
+        "auditInfo": _audit(base, patient.created, patient.changed),
         "resourceVersion": "1.8",
     }
     views = dict(_PATIENT_VIEWS)

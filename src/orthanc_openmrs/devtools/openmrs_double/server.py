@@ -160,6 +160,30 @@ class OpenMRSDouble:
         with self._lock:
             self._store.void_identifier(patient_uuid, identifier)
 
+    def add_identifier(self, patient_uuid: str, identifier: Identifier | str) -> None:
+        """Give a patient one more identifier (POST /patient/{uuid}/identifier)."""
+        with self._lock:
+            self._store.add_identifier(patient_uuid, identifier)
+
+    def edit_person(
+        self, patient_uuid: str, *, gender: str | None = None, birthdate: date | None = None
+    ) -> None:
+        """Change a patient's gender or birthdate (POST /person/{uuid})."""
+        with self._lock:
+            self._store.edit_person(patient_uuid, gender=gender, birthdate=birthdate)
+
+    def void_patient(self, patient_uuid: str) -> None:
+        """Void a patient (DELETE /patient/{uuid}), its identifiers with it."""
+        with self._lock:
+            self._store.void_patient(patient_uuid)
+
+    def merge_patients(self, preferred_uuid: str, other_uuid: str) -> dict[str, str]:
+        """Merge `other_uuid` into `preferred_uuid` as OpenMRS's PatientService.mergePatients
+        does (the REST API offers no merge: sites merge from the UI). Returns the moved
+        attachments' uuids, old -> new."""
+        with self._lock:
+            return self._store.merge_patients(preferred_uuid, other_uuid)
+
     def add_attachment(
         self,
         patient_uuid: str,
