@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orthanc_openmrs.models import OpenMRSPatient, PatientIdentifier
 
@@ -68,9 +68,10 @@ def exact_matches(
 
 
 def worth_keeping(candidate: str, hits: Iterable[OpenMRSPatient]) -> list[OpenMRSPatient]:
-    """What `decide` can use of a search for `candidate`: patients not voided, with only their
-    non-voided identifiers equal to it. The fuzzy search also returns near misses and whole
-    identifier lists, which would only weigh on a cache of search results."""
+    """What `decide` and the demographic check can use of a search for `candidate`: patients
+    not voided, with only their non-voided identifiers equal to it, and what they say of the
+    person. The fuzzy search also returns near misses and whole identifier lists, which would
+    only weigh on a cache of search results."""
     kept = []
     for patient in hits:
         same = tuple(
@@ -81,7 +82,7 @@ def worth_keeping(candidate: str, hits: Iterable[OpenMRSPatient]) -> list[OpenMR
             if i.identifier == candidate and not i.voided
         )
         if same and not patient.voided:
-            kept.append(OpenMRSPatient(patient.uuid, same, display=patient.display))
+            kept.append(replace(patient, identifiers=same, gender=sys.intern(patient.gender)))
     return kept
 
 

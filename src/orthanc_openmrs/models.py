@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import date
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,14 @@ class OpenMRSPatient:
     identifiers: tuple[PatientIdentifier, ...]
     display: str = ""
     voided: bool = False
+    # What OpenMRS knows of the person, to cross-check with the study's DICOM values.
+    gender: str = ""  # as OpenMRS holds it: "M", "F", "O", "U", or "" when unset
+    birthdate: date | None = None
+    # Only roughly known (an age was entered): just its year is worth comparing.
+    birthdate_estimated: bool = False
+    # Family names of the person's non-voided names; a second surname (familyName2) joined
+    # to the first with a space, as it may be written in DICOM, is one of them too.
+    family_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,23 @@ def test_worth_keeping_holds_only_what_decides() -> None:
     ]
     for types in (frozenset(), frozenset({"OpenMRS ID"}), frozenset({"t2"})):
         assert decide(["1234"], {"1234": kept}, types) == decide(["1234"], {"1234": hits}, types)
+
+
+def test_worth_keeping_keeps_what_the_person_is() -> None:
+    """A cached patient keeps its gender, birth date (and whether estimated) and family names,
+    which the demographic check compares after the match."""
+    from datetime import date
+
+    from orthanc_openmrs.matching import worth_keeping
+
+    patient = OpenMRSPatient(
+        "a",
+        (PatientIdentifier("1234", OPENMRS_ID, "OpenMRS ID"),),
+        display="1234 - Ana Silva",
+        gender="F",
+        birthdate=date(1980, 1, 2),
+        birthdate_estimated=True,
+        family_names=("Silva",),
+    )
+    (kept,) = worth_keeping("1234", [patient])
+    assert kept == patient

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid as uuidlib
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from orthanc_openmrs.devtools.openmrs_double.auth import basic_credentials
@@ -70,8 +70,19 @@ def _patient_resource(patient: Patient, types: Mapping[str, IdType]) -> dict[str
         "deceasedBoolean": False,
     }
     if patient.birthdate is not None:
-        resource["birthDate"] = patient.birthdate.isoformat()
+        resource["birthDate"] = _birth_date(patient.birthdate, patient.birthdate_estimated)
     return resource
+
+
+def _birth_date(birthdate: date, estimated: bool) -> str:
+    """fhir2's BirthDateTranslator: an estimated birth date keeps only its year, or its year
+    and month for a child of 5 or less (the cut-off of infant growth charts)."""
+    if not estimated:
+        return birthdate.isoformat()
+    today = datetime.now(UTC).date()
+    before_birthday = (today.month, today.day) < (birthdate.month, birthdate.day)
+    years = today.year - birthdate.year - before_birthday
+    return birthdate.isoformat()[: 4 if years > 5 else 7]
 
 
 def _operation_outcome(status: int, code: str, text: str) -> Response:

@@ -96,6 +96,8 @@ class Patient:
     voided: bool
     created: datetime
     identifiers: list[PatientId]
+    # person.birthdate_estimated: the birth date was worked out from an age.
+    birthdate_estimated: bool = False
 
     @property
     def full_name(self) -> str:

@@ -148,7 +148,7 @@ def _person_node(patient: Patient, base: str) -> Node:
         "gender": patient.gender,
         "age": _age(birth, datetime.now(UTC).date()),
         "birthdate": None if birth is None else f"{birth.isoformat()}T00:00:00.000+0000",
-        "birthdateEstimated": False,
+        "birthdateEstimated": patient.birthdate_estimated,
         "dead": False,
         "deathDate": None,
         "causeOfDeath": None,
