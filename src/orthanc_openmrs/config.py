@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orthanc_openmrs.demographics import Check, parse_checks
 from orthanc_openmrs.errors import ConfigError
 
 # Orthanc keeps these patient tags in its index; any other tag would cost a read of every file.
@@ -88,6 +89,11 @@ class Settings(BaseSettings):
     )
     sync_identifier_types: str = Field(
         "", description="OpenMRS identifier types that count, by name or uuid (empty: all)"
+    )
+    sync_demographic_checks: str = Field(
+        "birthdate,sex",
+        description="What must not contradict OpenMRS before attaching: birthdate, sex, "
+        "family_name, comma-separated (empty: no check)",
     )
     sync_patient_lookup: PatientLookup = Field(
         PatientLookup.REST,
@@ -170,6 +176,12 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported tag(s) {unknown}; choose from {list(MATCHABLE_TAGS)}")
         return ",".join(tags)
 
+    @field_validator("sync_demographic_checks")
+    @classmethod
+    def _checks(cls, value: str) -> str:
+        parse_checks(value)
+        return value
+
     @field_validator("sync_viewer_url")
     @classmethod
     def _template(cls, value: str) -> str:
@@ -189,6 +201,10 @@ class Settings(BaseSettings):
     @property
     def identifier_types(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.sync_identifier_types.split(",") if t.strip())
+
+    @property
+    def demographic_checks(self) -> frozenset[Check]:
+        return parse_checks(self.sync_demographic_checks)
 
 
 def env_name(field: str) -> str:

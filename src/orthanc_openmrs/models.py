@@ -136,6 +136,7 @@ class Outcome(enum.Enum):
     REPLACED = "replaced"
     UNMATCHED = "unmatched"
     AMBIGUOUS = "ambiguous"
+    MISMATCH = "mismatch"  # one patient matched, but what DICOM says of them contradicts it
     FAILED = "failed"
     NOT_STABLE = "not stable"
     GONE = "gone"
@@ -149,13 +150,14 @@ class State(enum.Enum):
     SYNCED = "synced"
     UNMATCHED = "unmatched"
     AMBIGUOUS = "ambiguous"
+    MISMATCH = "mismatch"  # the matched patient's birth date, sex or name disagrees with DICOM
     FAILED = "failed"
     GONE = "gone"
     IGNORED = "ignored"  # a person said: leave this study alone
     SUPERSEDED = "superseded"  # the same StudyInstanceUID lives on under a newer Orthanc identity
 
 
-NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.FAILED)
+NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH, State.FAILED)
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ class StudyResult:
     # DICOM identity, for the people who review what could not be matched
     patient_name: str = ""
     birth_date: str = ""
+    patient_sex: str = ""
     study_date: str = ""
     description: str = ""
     candidate_patients: tuple[str, ...] = ()  # "uuid display" of each matching patient
