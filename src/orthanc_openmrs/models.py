@@ -49,6 +49,16 @@ class Study:
 
 
 @dataclass(frozen=True)
+class IssuedIds:
+    """Who issued the study's patient identifiers, as one of its instances says (Orthanc does
+    not index these tags): IssuerOfPatientID, for PatientID, and the (PatientID,
+    IssuerOfPatientID) of each item of OtherPatientIDsSequence."""
+
+    patient_id_issuer: str = ""
+    others: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Series:
     orthanc_id: str
     series_uid: str

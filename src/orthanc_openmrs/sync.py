@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from orthanc_openmrs import caption as captions
 from orthanc_openmrs import demographics, matching
@@ -51,6 +51,8 @@ class SyncOptions:
     max_bytes: int
     dry_run: bool = False
     rate_limit: float = 0.0
+    # IssuerOfPatientID -> the one identifier type its identifiers may equal (empty: off)
+    issuer_types: Mapping[str, str] = field(default_factory=dict)
     demographic_checks: frozenset[Check] = DEFAULT_CHECKS
 
     @classmethod
@@ -66,6 +68,7 @@ class SyncOptions:
             max_bytes=settings.sync_preview_max_bytes,
             dry_run=dry_run,
             rate_limit=settings.sync_rate_limit,
+            issuer_types=settings.issuer_types,
             demographic_checks=settings.demographic_checks,
         )
 
@@ -214,9 +217,18 @@ class StudySync:
     def _patient(self, study: Study, prior: Prior | None) -> tuple[str, StudyResult | None]:
         if prior is not None and prior.manual_patient_uuid:
             return prior.manual_patient_uuid, None  # a person linked it: their decision stands
-        values = matching.candidate_ids(study.patient_tags, self.options.patient_tags)
+        # Orthanc does not index the issuers: reading them costs a request, so only when used.
+        issued = self.orthanc.issued_ids(study.orthanc_id) if self.options.issuer_types else None
+        candidates = matching.candidates(
+            study.patient_tags,
+            self.options.patient_tags,
+            self.options.identifier_types,
+            self.options.issuer_types,
+            issued,
+        )
+        values = matching.values(candidates)
         hits = {value: self.patients.lookup(value) for value in values}
-        decision = matching.decide(values, hits, self.options.identifier_types)
+        decision = matching.decide(candidates, hits)
         patients = {p.uuid: p for found in hits.values() for p in found}
         if decision.kind is matching.MatchKind.MATCHED:
             uuid = decision.patient_uuid

@@ -27,6 +27,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "SYNC_POLL_INTERVAL",
         "ORTHANC_URL",
         "SYNC_DEMOGRAPHIC_CHECKS",
+        "SYNC_ISSUER_TYPES",
     ]:
         monkeypatch.delenv(name, raising=False)
 
@@ -68,6 +69,8 @@ def test_missing_required_settings_are_named() -> None:
         ("SYNC_VIEWER_URL", "{public_url}/x"),
         ("OPENMRS_PASSWORD", "a:b"),
         ("SYNC_DEMOGRAPHIC_CHECKS", "birthdate,age"),
+        ("SYNC_ISSUER_TYPES", "HOSP_A"),
+        ("SYNC_ISSUER_TYPES", "HOSP_A=OpenMRS ID,HOSP_A=Legacy MRN"),
     ],
 )
 def test_invalid_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -84,6 +87,14 @@ def test_demographic_checks_default_to_birthdate_and_sex(monkeypatch: pytest.Mon
     _env(monkeypatch)
     assert load_settings().demographic_checks == {Check.BIRTHDATE, Check.SEX}
     assert load_settings(sync_demographic_checks="").demographic_checks == frozenset()
+
+
+def test_issuer_types_are_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No issuer is mapped by default; the setting reads into issuer -> identifier type."""
+    _env(monkeypatch)
+    assert load_settings().issuer_types == {}
+    s = load_settings(sync_issuer_types="HOSP_A=OpenMRS ID, CLINIC_B=Legacy MRN")
+    assert s.issuer_types == {"HOSP_A": "OpenMRS ID", "CLINIC_B": "Legacy MRN"}
 
 
 def test_custom_viewer_needs_template(monkeypatch: pytest.MonkeyPatch) -> None:
