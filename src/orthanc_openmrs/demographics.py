@@ -12,14 +12,13 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
+from orthanc_openmrs.matching import PADDING
 from orthanc_openmrs.models import OpenMRSPatient
 
-# DICOM pads values with spaces (and some writers with NUL); the value itself never has them.
-_PADDING = " \x00"
 _DA = re.compile(r"[0-9]{8}")
 _SEXES = frozenset({"M", "F"})
 # A PN component is at most 64 characters; a longer family name is not a family name.
@@ -63,12 +62,11 @@ def cross_check(
     """Compare the study's PatientBirthDate, PatientSex and PatientName with the patient."""
     differences: list[str] = []
     compared: list[Check] = []
-    for check, difference in (
-        (Check.BIRTHDATE, _birth_date(patient_tags.get("PatientBirthDate", ""), patient)),
-        (Check.SEX, _sex(patient_tags.get("PatientSex", ""), patient.gender)),
-        (Check.FAMILY_NAME, _family(patient_tags.get("PatientName", ""), patient.family_names)),
-    ):
-        if check not in checks or difference is None:
+    for check, tag, compare in _COMPARISONS:
+        if check not in checks:
+            continue
+        difference = compare(patient_tags.get(tag, ""), patient)
+        if difference is None:
             continue
         compared.append(check)
         if difference:
@@ -94,22 +92,30 @@ def _birth_date(dicom_value: str, patient: OpenMRSPatient) -> str | None:
     return f"birth date differs: DICOM {dicom.isoformat()}, OpenMRS {known.isoformat()}"
 
 
-def _sex(dicom_value: str, gender: str) -> str | None:
-    dicom = dicom_value.strip(_PADDING)
+def _sex(dicom_value: str, patient: OpenMRSPatient) -> str | None:
+    dicom, gender = dicom_value.strip(PADDING), patient.gender
     if dicom not in _SEXES or gender not in _SEXES:
         return None  # O, U, empty or anything else says nothing either way
     return "" if dicom == gender else f"sex differs: DICOM {dicom}, OpenMRS {gender}"
 
 
-def _family(dicom_value: str, family_names: tuple[str, ...]) -> str | None:
+def _family(dicom_value: str, patient: OpenMRSPatient) -> str | None:
     dicom = dicom_family_name(dicom_value)
-    known = {fold(name) for name in family_names} - {""}
+    known = {fold(name) for name in patient.family_names} - {""}
     if not dicom or not known:
         return None
     if fold(dicom) in known:
         return ""
-    shown = " / ".join(repr(name) for name in family_names)
+    shown = " / ".join(repr(name) for name in patient.family_names)
     return f"family name differs: DICOM {dicom!r}, OpenMRS {shown}"
+
+
+# Each check, the DICOM tag it reads, and how it compares.
+_COMPARISONS: tuple[tuple[Check, str, Callable[[str, OpenMRSPatient], str | None]], ...] = (
+    (Check.BIRTHDATE, "PatientBirthDate", _birth_date),
+    (Check.SEX, "PatientSex", _sex),
+    (Check.FAMILY_NAME, "PatientName", _family),
+)
 
 
 # -- reading the DICOM values ------------------------------------------------------------------
@@ -117,7 +123,7 @@ def _family(dicom_value: str, family_names: tuple[str, ...]) -> str | None:
 
 def dicom_date(value: str) -> date | None:
     """A DA value (YYYYMMDD, padding trimmed) that is a real calendar date; else None."""
-    text = value.strip(_PADDING)
+    text = value.strip(PADDING)
     if not _DA.fullmatch(text):
         return None
     try:
@@ -130,7 +136,7 @@ def dicom_family_name(value: str) -> str:
     """The family name of a PN value `Family^Given^Middle^Prefix^Suffix`, from its first
     (alphabetic) group of `=`-separated ones; "" when there is none or it is not a name."""
     group = value.split("=", 1)[0]
-    family = group.split("^", 1)[0].strip(_PADDING)
+    family = group.split("^", 1)[0].strip(PADDING)
     if "\\" in value or len(family) > _PN_COMPONENT_MAX:
         return ""  # several values, or too long for a component: not one name
     if any(unicodedata.category(c).startswith("C") for c in family):

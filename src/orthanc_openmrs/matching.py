@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from orthanc_openmrs.models import IssuedIds, OpenMRSPatient, PatientIdentifier
 
 # DICOM pads values with spaces (and some writers with NUL); the value itself never has them.
-_PADDING = " \x00"
+PADDING = " \x00"
 
 
 class MatchKind(enum.Enum):
@@ -57,7 +57,7 @@ def candidate_ids(patient_tags: Mapping[str, str], tag_names: Sequence[str]) -> 
     for tag in tag_names:
         raw = patient_tags.get(tag) or ""
         for part in raw.split("\\"):
-            value = part.strip(_PADDING)
+            value = part.strip(PADDING)
             if value:
                 seen.setdefault(value, None)
     return tuple(seen)
@@ -79,7 +79,7 @@ def candidates(
     """
     mapping = issuer_types or {}
     issued = issued or IssuedIds()
-    others = [(v.strip(_PADDING), i.strip(_PADDING)) for v, i in issued.others]
+    others = [(v.strip(PADDING), i.strip(PADDING)) for v, i in issued.others]
     found: dict[tuple[str, str], Candidate] = {}
 
     def add(value: str, issuer: str) -> None:
@@ -92,7 +92,7 @@ def candidates(
     for tag in tag_names:
         for value in candidate_ids(patient_tags, (tag,)):
             if tag == "PatientID":
-                add(value, issued.patient_id_issuer.strip(_PADDING))
+                add(value, issued.patient_id_issuer.strip(PADDING))
                 continue
             issuers = [i for v, i in others if v == value and i in mapping]
             for issuer in issuers or [""]:
