@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_openmrs.devtools.openmrs_double.auth import basic_credentials
 from orthanc_openmrs.devtools.openmrs_double.errors import html_page
+from orthanc_openmrs.devtools.openmrs_double.patient_views import age
 from orthanc_openmrs.devtools.openmrs_double.wire import (
     FHIR,
     int_param,
@@ -79,9 +80,7 @@ def _birth_date(birthdate: date, estimated: bool) -> str:
     and month for a child of 5 or less (the cut-off of infant growth charts)."""
     if not estimated:
         return birthdate.isoformat()
-    today = datetime.now(UTC).date()
-    before_birthday = (today.month, today.day) < (birthdate.month, birthdate.day)
-    years = today.year - birthdate.year - before_birthday
+    years = age(birthdate, datetime.now(UTC).date()) or 0
     return birthdate.isoformat()[: 4 if years > 5 else 7]
 
 
