@@ -102,8 +102,8 @@ def _sex(dicom_value: str, patient: OpenMRSPatient) -> str | None:
 def _family(dicom_value: str, patient: OpenMRSPatient) -> str | None:
     dicom = dicom_family_name(dicom_value)
     known = {fold(name) for name in patient.family_names} - {""}
-    if not dicom or not known:
-        return None
+    if not fold(dicom) or not known:
+        return None  # nothing left once folded (only spaces or accents): not a name
     if fold(dicom) in known:
         return ""
     shown = " / ".join(repr(name) for name in patient.family_names)
