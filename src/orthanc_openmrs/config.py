@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orthanc_openmrs.demographics import Check, parse_checks
 from orthanc_openmrs.errors import ConfigError
+from orthanc_openmrs.matching import parse_issuer_types
 
 # Orthanc keeps these patient tags in its index; any other tag would cost a read of every file.
 MATCHABLE_TAGS = ("PatientID", "OtherPatientIDs")
@@ -88,6 +90,16 @@ class Settings(BaseSettings):
     )
     sync_identifier_types: str = Field(
         "", description="OpenMRS identifier types that count, by name or uuid (empty: all)"
+    )
+    sync_issuer_types: str = Field(
+        "",
+        description="ISSUER=identifier type pairs, comma-separated (HOSP_A=OpenMRS ID): an "
+        "identifier from a listed IssuerOfPatientID counts only with that type (empty: off)",
+    )
+    sync_demographic_checks: str = Field(
+        "birthdate,sex",
+        description="What must not contradict OpenMRS before attaching: birthdate, sex, "
+        "family_name, comma-separated (empty: no check)",
     )
     sync_patient_lookup: PatientLookup = Field(
         PatientLookup.REST,
@@ -170,6 +182,18 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported tag(s) {unknown}; choose from {list(MATCHABLE_TAGS)}")
         return ",".join(tags)
 
+    @field_validator("sync_issuer_types")
+    @classmethod
+    def _issuers(cls, value: str) -> str:
+        parse_issuer_types(value)
+        return value
+
+    @field_validator("sync_demographic_checks")
+    @classmethod
+    def _checks(cls, value: str) -> str:
+        parse_checks(value)
+        return value
+
     @field_validator("sync_viewer_url")
     @classmethod
     def _template(cls, value: str) -> str:
@@ -189,6 +213,14 @@ class Settings(BaseSettings):
     @property
     def identifier_types(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.sync_identifier_types.split(",") if t.strip())
+
+    @property
+    def issuer_types(self) -> dict[str, str]:
+        return parse_issuer_types(self.sync_issuer_types)
+
+    @property
+    def demographic_checks(self) -> frozenset[Check]:
+        return parse_checks(self.sync_demographic_checks)
 
 
 def env_name(field: str) -> str:

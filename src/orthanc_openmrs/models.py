@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import date
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,16 @@ class Study:
     @property
     def patient_name(self) -> str:
         return self.patient_tags.get("PatientName", "")
+
+
+@dataclass(frozen=True)
+class IssuedIds:
+    """Who issued the study's patient identifiers, as one of its instances says (Orthanc does
+    not index these tags): IssuerOfPatientID, for PatientID, and the (PatientID,
+    IssuerOfPatientID) of each item of OtherPatientIDsSequence."""
+
+    patient_id_issuer: str = ""
+    others: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,14 @@ class OpenMRSPatient:
     identifiers: tuple[PatientIdentifier, ...]
     display: str = ""
     voided: bool = False
+    # What OpenMRS knows of the person, to cross-check with the study's DICOM values.
+    gender: str = ""  # as OpenMRS holds it: "M", "F", "O", "U", or "" when unset
+    birthdate: date | None = None
+    # Only roughly known (an age was entered): just its year is worth comparing.
+    birthdate_estimated: bool = False
+    # Family names of the person's non-voided names; a second surname (familyName2) joined
+    # to the first with a space, as it may be written in DICOM, is one of them too.
+    family_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +156,7 @@ class Outcome(enum.Enum):
     REPLACED = "replaced"
     UNMATCHED = "unmatched"
     AMBIGUOUS = "ambiguous"
+    MISMATCH = "mismatch"  # one patient matched, but what DICOM says of them contradicts it
     FAILED = "failed"
     NOT_STABLE = "not stable"
     GONE = "gone"
@@ -150,16 +170,17 @@ class State(enum.Enum):
     SYNCED = "synced"
     UNMATCHED = "unmatched"
     AMBIGUOUS = "ambiguous"
+    MISMATCH = "mismatch"  # the matched patient's birth date, sex or name disagrees with DICOM
     FAILED = "failed"
     GONE = "gone"
     IGNORED = "ignored"  # a person said: leave this study alone
     SUPERSEDED = "superseded"  # the same StudyInstanceUID lives on under a newer Orthanc identity
 
 
-NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.FAILED)
-# States in which a study waits for OpenMRS to learn its patient: a change to a patient holding
-# one of the study's identifiers is worth another attempt at once.
-WAITING = (State.UNMATCHED, State.AMBIGUOUS)
+NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH, State.FAILED)
+# States in which a study waits for OpenMRS to learn (or correct) its patient: a change to a
+# patient holding one of the study's identifiers is worth another attempt at once.
+WAITING = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH)
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,7 @@ class StudyResult:
     # DICOM identity, for the people who review what could not be matched
     patient_name: str = ""
     birth_date: str = ""
+    patient_sex: str = ""
     study_date: str = ""
     description: str = ""
     candidate_patients: tuple[str, ...] = ()  # "uuid display" of each matching patient

@@ -11,7 +11,8 @@ Two traps of the real server shape this module:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date
 from typing import Any
 from urllib.parse import quote
 
@@ -30,10 +31,14 @@ from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unrea
 REST = "/ws/rest/v1"
 FHIR = "/ws/fhir2/R4"
 PAGE = 100  # the server's absolute maximum per page; more gives a 500
-# identifiers is limited to non-voided ones by the server; voided is asked for all the same.
+# identifiers and names are limited to non-voided ones by the server; voided is asked for all
+# the same. The person's gender, birth date and family names are for the demographic check.
 _PATIENT_REP = (
-    "custom:(uuid,display,voided,identifiers:(identifier,voided,identifierType:(uuid,name)))"
+    "custom:(uuid,display,voided,identifiers:(identifier,voided,identifierType:(uuid,name)),"
+    "person:(gender,birthdate,birthdateEstimated,names:(familyName,familyName2)))"
 )
+# FHIR's gender codes, as fhir2 translates OpenMRS's.
+_FHIR_GENDER = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 
 class OpenMRSClient:
@@ -276,11 +281,22 @@ def _rest_patient(item: Mapping[str, Any]) -> OpenMRSPatient:
         )
         for ident in item.get("identifiers", []) or []
     )
+    person = item.get("person") or {}
     return OpenMRSPatient(
         uuid=str(item["uuid"]),
         identifiers=identifiers,
         display=str(item.get("display", "")),
         voided=bool(item.get("voided", False)),
+        gender=_text(person.get("gender")),
+        # "1980-01-02T00:00:00.000+0300": midnight of the birth date in the server's time zone,
+        # so the date is the text before the T; converting to UTC could move it a day back.
+        birthdate=_iso_date(_text(person.get("birthdate"))[:10]),
+        birthdate_estimated=person.get("birthdateEstimated") is True,
+        family_names=_family_names(
+            (_text(n.get("familyName")), _text(n.get("familyName2")))
+            for n in person.get("names", []) or []
+            if isinstance(n, dict)
+        ),
     )
 
 
@@ -296,11 +312,52 @@ def _fhir_patient(resource: Mapping[str, Any]) -> OpenMRSPatient:
                 type_name=str(kind.get("text", "")),
             )
         )
+    birthdate, estimated = _fhir_birth_date(_text(resource.get("birthDate")))
     return OpenMRSPatient(
         uuid=str(resource.get("id", "")),
         identifiers=tuple(identifiers),
         voided=resource.get("active") is False,
+        gender=_FHIR_GENDER.get(_text(resource.get("gender")), ""),
+        birthdate=birthdate,
+        birthdate_estimated=estimated,
+        family_names=_family_names(
+            (_text(n.get("family")), "")
+            for n in resource.get("name", []) or []
+            if isinstance(n, dict)
+        ),
     )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _iso_date(text: str) -> date | None:
+    if len(text) != len("1980-01-02"):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _fhir_birth_date(text: str) -> tuple[date | None, bool]:
+    """FHIR's birthDate, and whether it is an estimate. FHIR has no birthdateEstimated: fhir2
+    sends an estimated birth date with its year only (year and month for children up to 5)."""
+    if len(text) in (len("1980"), len("1980-01")):
+        return _iso_date((text + "-01-01")[:10]), True
+    return _iso_date(text), False
+
+
+def _family_names(names: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """Each name's family name; with a second one (familyName2), both together too, as
+    DICOM writes a double surname in one component."""
+    found: dict[str, None] = {}
+    for family, second in names:
+        for form in (family, f"{family} {second}".strip() if second else ""):
+            if form.strip():
+                found.setdefault(form, None)
+    return tuple(found)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -19,7 +19,15 @@ from orthanc_openmrs.errors import (
     OrthancNotFound,
     OrthancUnsupported,
 )
-from orthanc_openmrs.models import Change, ChangesPage, Instance, InstanceTags, Series, Study
+from orthanc_openmrs.models import (
+    Change,
+    ChangesPage,
+    Instance,
+    InstanceTags,
+    IssuedIds,
+    Series,
+    Study,
+)
 from orthanc_openmrs.transport import (
     NoCookies,
     ThreadClients,
@@ -208,6 +216,21 @@ class OrthancClient:
             series_ids=tuple(str(s) for s in data.get("Series", [])),
         )
 
+    def issued_ids(self, orthanc_id: str) -> IssuedIds:
+        """Who issued the study's patient identifiers. Orthanc indexes neither
+        IssuerOfPatientID nor OtherPatientIDsSequence, so they are read from the patient module
+        of one of the study's instances: one request whatever the study's size (`shared-tags`
+        reads every instance, and leaves sequences out)."""
+        tags = self._json(f"/studies/{_seg(orthanc_id)}/module-patient", {"simplify": ""})
+        items = tags.get("OtherPatientIDsSequence") if isinstance(tags, dict) else None
+        others = tuple(
+            (_str(item.get("PatientID")), _str(item.get("IssuerOfPatientID")))
+            for item in (items if isinstance(items, list) else [])
+            if isinstance(item, dict)
+        )
+        issuer = _str(tags.get("IssuerOfPatientID")) if isinstance(tags, dict) else ""
+        return IssuedIds(patient_id_issuer=issuer, others=others)
+
     def study_series(self, orthanc_id: str) -> list[Series]:
         return [_series(item) for item in self._json(f"/studies/{_seg(orthanc_id)}/series")]
 
@@ -266,6 +289,10 @@ def _series(item: Mapping[str, Any]) -> Series:
         description=str(tags.get("SeriesDescription", "")),
         instance_ids=tuple(str(i) for i in item.get("Instances", [])),
     )
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _opt(value: Any) -> str | None:

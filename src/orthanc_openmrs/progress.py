@@ -19,6 +19,7 @@ _SHORT = {
     Outcome.REPLACED: "replaced",
     Outcome.UNMATCHED: "unmatched",
     Outcome.AMBIGUOUS: "ambiguous",
+    Outcome.MISMATCH: "mismatch",
     Outcome.FAILED: "failed",
     Outcome.NOT_STABLE: "waiting",
     Outcome.GONE: "gone",

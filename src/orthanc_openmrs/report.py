@@ -78,6 +78,7 @@ def review_item(r: StudyRow) -> dict[str, Any]:
         "patient_id": r.dicom_patient_id,
         "patient_name": r.patient_name,
         "birth_date": r.birth_date,
+        "patient_sex": r.patient_sex,
         "study_date": r.study_date,
         "description": r.description,
         "candidate_patients": list(r.candidate_patients),
@@ -131,7 +132,7 @@ def print_review(rows: Sequence[StudyRow], *, as_json: bool) -> None:
         print(f"  reason:   {r.reason}")
         print(
             f"  DICOM:    PatientID {r.dicom_patient_id!r}, name {r.patient_name!r}, "
-            f"born {r.birth_date or '?'}"
+            f"born {r.birth_date or '?'}, sex {r.patient_sex or '?'}"
         )
         print(f"  study:    {r.study_date or '?'} {r.description}")
         for candidate in r.candidate_patients:

@@ -39,9 +39,9 @@ UNSTABLE_RECHECK = 60.0
 def plan(result: StudyResult, attempts: int, now: float, backoff: Backoff, jitter: float) -> Plan:
     """Pure: the ledger state and next attempt time for an attempt's result.
 
-    `attempts` counts this attempt. Unmatched and ambiguous studies are tried again more and more
-    rarely (a patient is often registered after the imaging); permanent failures wait until
-    Orthanc reports the study changed.
+    `attempts` counts this attempt. Unmatched, ambiguous and mismatched studies are tried again
+    more and more rarely (a patient is often registered, or corrected, after the imaging);
+    permanent failures wait until Orthanc reports the study changed.
     """
     later = now + backoff.delay(attempts, jitter)
     match result.outcome:
@@ -55,6 +55,9 @@ def plan(result: StudyResult, attempts: int, now: float, backoff: Backoff, jitte
             return Plan(State.UNMATCHED, later)
         case Outcome.AMBIGUOUS:
             return Plan(State.AMBIGUOUS, later)
+        case Outcome.MISMATCH:
+            # The record may be corrected in OpenMRS (or the study in the PACS).
+            return Plan(State.MISMATCH, later)
         case Outcome.NOT_STABLE:
             return Plan(State.PENDING, now + UNSTABLE_RECHECK)
         case Outcome.FAILED:

@@ -110,7 +110,7 @@ _CANDIDATE_UUID = "substr(c.value, 1, instr(c.value || ' ', ' ') - 1)"
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
 # States in which the service may still act on a study by itself.
-_ACTIVE = ("pending", "unmatched", "ambiguous", "failed")
+_ACTIVE = ("pending", "unmatched", "ambiguous", "mismatch", "failed")
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class StudyRow:
     dicom_patient_id: str
     patient_name: str
     birth_date: str
+    patient_sex: str
     study_date: str
     description: str
     candidate_patients: tuple[str, ...]
@@ -358,7 +359,7 @@ class Store:
                 "UPDATE studies SET next_attempt_at = ?, priority = ?, "
                 "recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END "
                 "WHERE orthanc_id = ? AND state IN ('pending', 'unmatched', 'ambiguous', "
-                "'failed', 'synced')",
+                "'mismatch', 'failed', 'synced')",
                 [(now, LIVE, oid) for oid in orthanc_ids],
             )
 
@@ -409,6 +410,7 @@ class Store:
                     dicom_patient_id = COALESCE(NULLIF(:pid, ''), dicom_patient_id),
                     patient_name = COALESCE(NULLIF(:name, ''), patient_name),
                     birth_date = COALESCE(NULLIF(:birth, ''), birth_date),
+                    patient_sex = COALESCE(NULLIF(:sex, ''), patient_sex),
                     study_date = COALESCE(NULLIF(:date, ''), study_date),
                     description = COALESCE(NULLIF(:description, ''), description),
                     orthanc_last_update = COALESCE(NULLIF(:last_update, ''), orthanc_last_update),
@@ -430,6 +432,7 @@ class Store:
                     "pid": result.dicom_patient_id,
                     "name": result.patient_name,
                     "birth": result.birth_date,
+                    "sex": result.patient_sex,
                     "date": result.study_date,
                     "description": result.description,
                     "last_update": result.last_update,
@@ -730,6 +733,7 @@ def _row(r: sqlite3.Row) -> StudyRow:
         dicom_patient_id=r["dicom_patient_id"],
         patient_name=r["patient_name"],
         birth_date=r["birth_date"],
+        patient_sex=r["patient_sex"],
         study_date=r["study_date"],
         description=r["description"],
         candidate_patients=tuple(json.loads(r["candidate_patients"] or "[]")),

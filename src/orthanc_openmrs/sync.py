@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from orthanc_openmrs import caption as captions
-from orthanc_openmrs import matching
+from orthanc_openmrs import demographics, matching
 from orthanc_openmrs.config import PatientLookup, Settings, Viewer
+from orthanc_openmrs.demographics import DEFAULT_CHECKS, Check
 from orthanc_openmrs.errors import (
     CredentialsRefused,
     OrthancNotFound,
@@ -50,6 +51,9 @@ class SyncOptions:
     max_bytes: int
     dry_run: bool = False
     rate_limit: float = 0.0
+    # IssuerOfPatientID -> the one identifier type its identifiers may equal (empty: off)
+    issuer_types: Mapping[str, str] = field(default_factory=dict)
+    demographic_checks: frozenset[Check] = DEFAULT_CHECKS
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> SyncOptions:
@@ -64,6 +68,8 @@ class SyncOptions:
             max_bytes=settings.sync_preview_max_bytes,
             dry_run=dry_run,
             rate_limit=settings.sync_rate_limit,
+            issuer_types=settings.issuer_types,
+            demographic_checks=settings.demographic_checks,
         )
 
 
@@ -219,27 +225,38 @@ class StudySync:
     def _patient(self, study: Study, prior: Prior | None) -> tuple[str, StudyResult | None]:
         if prior is not None and prior.manual_patient_uuid:
             return prior.manual_patient_uuid, None  # a person linked it: their decision stands
-        candidates = self._candidates(study)
-        hits = {c: self.patients.lookup(c) for c in candidates}
-        decision = matching.decide(candidates, hits, self.options.identifier_types)
+        # Orthanc does not index the issuers: reading them costs a request, so only when used.
+        issued = self.orthanc.issued_ids(study.orthanc_id) if self.options.issuer_types else None
+        candidates = matching.candidates(
+            study.patient_tags,
+            self.options.patient_tags,
+            self.options.identifier_types,
+            self.options.issuer_types,
+            issued,
+        )
+        values = matching.values(candidates)
+        hits = {value: self.patients.lookup(value) for value in values}
+        decision = matching.decide(candidates, hits)
+        patients = {p.uuid: p for found in hits.values() for p in found}
         if decision.kind is matching.MatchKind.MATCHED:
-            return decision.patient_uuid, None
-        displays = {p.uuid: p.display for found in hits.values() for p in found}
-        outcome = (
-            Outcome.UNMATCHED
-            if decision.kind is matching.MatchKind.UNMATCHED
-            else Outcome.AMBIGUOUS
+            uuid = decision.patient_uuid
+            if prior is not None and prior.synced and prior.patient_uuid == uuid:
+                return uuid, None  # attached before: a recheck does not judge it again
+            check = demographics.cross_check(
+                study.patient_tags, patients[uuid], self.options.demographic_checks
+            )
+            if not check.contradicts:
+                return uuid, None
+            outcome, reason = Outcome.MISMATCH, check.reason
+        elif decision.kind is matching.MatchKind.UNMATCHED:
+            outcome, reason = Outcome.UNMATCHED, decision.reason
+        else:
+            outcome, reason = Outcome.AMBIGUOUS, decision.reason
+        shown = tuple(
+            f"{u} {patients[u].display if u in patients else ''}".strip()
+            for u in decision.patient_uuids
         )
-        result = _result(
-            study,
-            outcome,
-            decision.reason,
-            candidates=candidates,
-            candidate_patients=tuple(
-                f"{u} {displays.get(u, '')}".strip() for u in decision.patient_uuids
-            ),
-        )
-        return "", result
+        return "", _result(study, outcome, reason, candidates=values, candidate_patients=shown)
 
     def _attachments_of_study(self, patient: str, study: Study) -> list[str]:
         """This patient's attachments that name the study, newest first."""
@@ -357,6 +374,7 @@ def _result(
         last_update=study.last_update,
         patient_name=study.patient_name,
         birth_date=study.patient_tags.get("PatientBirthDate", ""),
+        patient_sex=study.patient_tags.get("PatientSex", ""),
         study_date=study.study_date,
         description=study.description,
         **fields,  # type: ignore[arg-type]

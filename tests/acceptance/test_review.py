@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 
 from test_cli import _run
 
@@ -51,6 +52,31 @@ def test_review_shows_identity_and_candidates_then_link_attaches(
     again = _run(env, "sync")
     assert again.returncode == 0
     assert len(openmrs.attachments()) == 1
+
+
+def test_mismatch_is_listed_with_both_values_then_linked(orthanc, openmrs, database) -> None:
+    """A study whose birth date contradicts the matched patient is a mismatch in `sync`,
+    `status --json` and `review --json` (with PatientSex); `link` attaches it as a person's
+    decision."""
+    patient = openmrs.add_patient(["MM-1"], gender="F", birthdate=date(1980, 2, 1))
+    spec = StudySpec("mm", patient_id="MM-1", birth_date="19800102", sex="F")
+    load(orthanc, spec)
+    env = env_for(orthanc, openmrs, database)
+    synced = _run(env, "sync")
+    assert synced.returncode == 0, synced.stderr
+    assert "  mismatch            1" in synced.stdout
+    reason = f"birth date differs: DICOM 1980-01-02, OpenMRS 1980-02-01 (patient {patient})"
+    status = json.loads(_run(env, "status", "--json").stdout)
+    assert status["counts"]["mismatch"] == 1
+    (waiting,) = status["needs_a_person"]
+    assert (waiting["state"], waiting["reason"], waiting["retried"]) == ("mismatch", reason, True)
+    (item,) = json.loads(_run(env, "review", "--json").stdout)
+    assert (item["state"], item["birth_date"], item["patient_sex"]) == ("mismatch", "19800102", "F")
+    assert openmrs.attachments() == []
+    linked = _run(env, "link", study_uid(spec), patient, "--by", "dr.okafor")
+    assert linked.returncode == 0, linked.stderr
+    assert linked.stdout.startswith("synced:")
+    assert [a.patient_uuid for a in openmrs.attachments()] == [patient]
 
 
 def test_link_refuses_an_unknown_patient(orthanc, openmrs, database) -> None:

@@ -135,6 +135,19 @@ def test_patient_and_study_tags_follow_the_spec():
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
 
 
+def test_issuer_tags_follow_the_spec():
+    """IssuerOfPatientID and the OtherPatientIDsSequence items are written when given, and
+    left out when not."""
+    spec = StudySpec(key="issuers", issuer="HOSP_A", other_ids_sequence=(("L-9", "CLINIC_B"),))
+    ds = _read(build_study(spec)[0])
+    assert ds.IssuerOfPatientID == "HOSP_A"
+    (item,) = ds.OtherPatientIDsSequence
+    assert (item.PatientID, item.IssuerOfPatientID) == ("L-9", "CLINIC_B")
+    plain = _read(build_study(StudySpec(key="plain"))[0])
+    assert "IssuerOfPatientID" not in plain
+    assert "OtherPatientIDsSequence" not in plain
+
+
 def test_none_numbers_leave_the_tags_out():
     """SeriesNumber=None and InstanceNumber=None omit those tags."""
     spec = StudySpec(

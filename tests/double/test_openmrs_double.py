@@ -6,7 +6,7 @@ import base64
 import io
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import pytest
@@ -244,6 +244,57 @@ def test_custom_representation_returns_only_listed_properties(double, client):
             "person": {"uuid": patient, "display": "John Smith", "gender": "M"},
         }
     ]
+
+
+def test_custom_representation_shows_the_person(double, client):
+    """A custom representation of the person shows gender, birth date, whether it is estimated
+    and the non-voided names, nested as asked."""
+    patient = double.add_patient(
+        ["DEM-1"],
+        given="Ana",
+        family="Silva",
+        gender="F",
+        birthdate=date(1975, 6, 15),
+        birthdate_estimated=True,
+    )
+    spec = (
+        "custom:(uuid,person:(gender,birthdate,birthdateEstimated,"
+        "preferredName:(givenName,familyName),names:(familyName,familyName2)))"
+    )
+    found = client.get(f"{REST}/patient/{patient}", params={"v": spec}).json()
+    assert found == {
+        "uuid": patient,
+        "person": {
+            "gender": "F",
+            "birthdate": "1975-06-15T00:00:00.000+0000",
+            "birthdateEstimated": True,
+            "preferredName": {"givenName": "Ana", "familyName": "Silva"},
+            "names": [{"familyName": "Silva", "familyName2": None}],
+        },
+    }
+    plain = double.add_patient(["DEM-2"])
+    shown = client.get(f"{REST}/patient/{plain}", params={"v": spec}).json()["person"]
+    assert (shown["birthdate"], shown["birthdateEstimated"]) == (None, False)
+
+
+def test_fhir_birth_date_of_an_estimate_keeps_its_year_or_month(double):
+    """As fhir2 does, an estimated birth date is sent with its year only, or its year and month
+    for a child of 5 or less; a known one whole; gender as FHIR's codes."""
+    today = datetime.now(UTC).date()
+    child = today.replace(day=1) - timedelta(days=400)
+    adult = double.add_patient(
+        ["EST-1"], gender="F", birthdate=date(1975, 6, 15), birthdate_estimated=True
+    )
+    young = double.add_patient(["EST-2"], birthdate=child, birthdate_estimated=True)
+    known = double.add_patient(["EST-3"], gender="M", birthdate=date(1980, 1, 2))
+    with httpx.Client(base_url=f"{double.url}/ws/fhir2/R4", auth=AUTH) as http:
+        resources = {
+            r["id"]: r
+            for r in (http.get(f"/Patient/{uuid}").json() for uuid in (adult, young, known))
+        }
+    assert (resources[adult]["birthDate"], resources[adult]["gender"]) == ("1975", "female")
+    assert resources[young]["birthDate"] == child.isoformat()[:7]
+    assert (resources[known]["birthDate"], resources[known]["gender"]) == ("1980-01-02", "male")
 
 
 def test_default_and_full_representations(double, client):

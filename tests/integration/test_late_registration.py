@@ -88,22 +88,37 @@ def test_an_idle_pass_costs_the_same_whatever_waits(orthanc, openmrs, database) 
     assert costs == [(2, 1), (2, 1)]
 
 
-def test_a_corrected_birthdate_in_openmrs_wakes_the_waiting_study(
-    orthanc, openmrs, database
-) -> None:
+def test_a_person_edit_in_openmrs_wakes_the_waiting_study(orthanc, openmrs, database) -> None:
     """A person edit moves the patient's lastUpdated: a study waiting for one of its
-    identifiers is tried again on the next pass."""
-    ids = load(orthanc, StudySpec("w", patient_id="LATER-1"))
+    identifiers (added earlier, which the poll cannot see) is tried again on the next pass."""
+    ids = load(orthanc, StudySpec("w", patient_id="LATER-1", birth_date="19600101"))
     settings = default_settings_for(orthanc, openmrs, database)
-    patient = openmrs.add_patient(["OTHER-1"], birthdate=date(1970, 1, 1))
+    patient = openmrs.add_patient(["OTHER-1"])
     assert sync_pass(settings).counts[Outcome.UNMATCHED] == 1
     openmrs.add_identifier(patient, "LATER-1")  # invisible to the poll, as on a real server
     assert sync_pass(settings).total == 0
     # Server times have whole seconds: a change within the second of a poll that already saw
     # the patient looks the same as what it saw (the retry delay then catches it).
     next_second()
-    openmrs.edit_person(patient, birthdate=date(1970, 1, 2))
+    openmrs.edit_person(patient, birthdate=date(1960, 1, 1))
     assert sync_pass(settings).counts[Outcome.SYNCED] == 1
     row = ledger(settings).get(ids["w"])
     assert row is not None
     assert row.patient_uuid == patient
+
+
+def test_a_mismatch_is_attached_on_the_next_sync_once_openmrs_is_corrected(
+    orthanc, openmrs, database
+) -> None:
+    """Birth dates disagree: mismatch. The clerk corrects the birthdate in OpenMRS: the next
+    `sync` (default retry delays) attaches the study."""
+    ids = load(orthanc, StudySpec("m", patient_id="MM-1", birth_date="19600101"))
+    settings = default_settings_for(orthanc, openmrs, database)
+    patient = openmrs.add_patient(["MM-1"], birthdate=date(1961, 1, 1))
+    assert sync_pass(settings).counts[Outcome.MISMATCH] == 1
+    next_second()
+    openmrs.edit_person(patient, birthdate=date(1960, 1, 1))
+    assert sync_pass(settings).counts[Outcome.SYNCED] == 1
+    row = ledger(settings).get(ids["m"])
+    assert row is not None
+    assert (row.state, row.patient_uuid) == (State.SYNCED, patient)

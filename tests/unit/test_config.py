@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from orthanc_openmrs.config import Viewer, load_settings
+from orthanc_openmrs.demographics import Check
 from orthanc_openmrs.errors import ConfigError
 
 REQUIRED = {
@@ -25,6 +26,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "SYNC_VIEWER_URL",
         "SYNC_POLL_INTERVAL",
         "ORTHANC_URL",
+        "SYNC_DEMOGRAPHIC_CHECKS",
+        "SYNC_ISSUER_TYPES",
     ]:
         monkeypatch.delenv(name, raising=False)
 
@@ -65,6 +68,9 @@ def test_missing_required_settings_are_named() -> None:
         ("SYNC_PATIENT_TAGS", "PatientName"),
         ("SYNC_VIEWER_URL", "{public_url}/x"),
         ("OPENMRS_PASSWORD", "a:b"),
+        ("SYNC_DEMOGRAPHIC_CHECKS", "birthdate,age"),
+        ("SYNC_ISSUER_TYPES", "HOSP_A"),
+        ("SYNC_ISSUER_TYPES", "HOSP_A=OpenMRS ID,HOSP_A=Legacy MRN"),
     ],
 )
 def test_invalid_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -74,6 +80,21 @@ def test_invalid_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, va
         load_settings()
     assert name in info.value.message
     assert "Admin123" not in info.value.message
+
+
+def test_demographic_checks_default_to_birthdate_and_sex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default birth date and sex are checked, the family name is not; empty: none."""
+    _env(monkeypatch)
+    assert load_settings().demographic_checks == {Check.BIRTHDATE, Check.SEX}
+    assert load_settings(sync_demographic_checks="").demographic_checks == frozenset()
+
+
+def test_issuer_types_are_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No issuer is mapped by default; the setting reads into issuer -> identifier type."""
+    _env(monkeypatch)
+    assert load_settings().issuer_types == {}
+    s = load_settings(sync_issuer_types="HOSP_A=OpenMRS ID, CLINIC_B=Legacy MRN")
+    assert s.issuer_types == {"HOSP_A": "OpenMRS ID", "CLINIC_B": "Legacy MRN"}
 
 
 def test_custom_viewer_needs_template(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,6 +98,9 @@ class StudySpec:
     birth_date: str = "19600101"
     sex: str = "M"
     other_patient_ids: tuple[str, ...] = ()
+    issuer: str | None = None  # IssuerOfPatientID; None leaves it out
+    # (PatientID, IssuerOfPatientID) of each item of OtherPatientIDsSequence
+    other_ids_sequence: tuple[tuple[str, str], ...] = ()
     study_date: str = "20240110"
     study_time: str = "101500"
     description: str = "CT CHEST"
@@ -216,6 +219,16 @@ def _set_patient(ds: Dataset, study: StudySpec) -> None:
     ds.PatientSex = study.sex
     if study.other_patient_ids:
         ds.OtherPatientIDs = list(study.other_patient_ids)
+    if study.issuer is not None:
+        ds.IssuerOfPatientID = study.issuer
+    if study.other_ids_sequence:
+        items = []
+        for patient_id, issuer in study.other_ids_sequence:
+            item = Dataset()
+            item.PatientID = patient_id
+            item.IssuerOfPatientID = issuer
+            items.append(item)
+        ds.OtherPatientIDsSequence = items
 
 
 def _set_study(ds: Dataset, study: StudySpec) -> None:

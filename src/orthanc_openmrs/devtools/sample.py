@@ -6,6 +6,7 @@ Each study carries a note saying what it demonstrates and what the sync should d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec
 from orthanc_openmrs.devtools.openmrs_double import Identifier, OpenMRSDouble
@@ -128,6 +129,18 @@ SAMPLE_STUDIES: tuple[SampleStudy, ...] = (
     ),
     SampleStudy(
         StudySpec(
+            "sample-birth-date",
+            patient_id="100012B",
+            patient_name="Mensah^Kofi",
+            birth_date="19750304",
+            description="XR KNEE",
+            accession="ACC9",
+        ),
+        "PatientID names one patient, but OpenMRS has him born 1975-05-03: not attached",
+        "mismatch",
+    ),
+    SampleStudy(
+        StudySpec(
             "sample-unregistered",
             patient_id="NEW-7",
             patient_name="Later^Pat",
@@ -147,6 +160,9 @@ def seed_patients(double: OpenMRSDouble) -> dict[str, str]:
         "Ngozi Okafor": double.add_patient(["100009C"], given="Ngozi", family="Okafor"),
         "Zoé Dubois": double.add_patient(
             ["100011A", Identifier("ZX-77", type_name="ID Card")], given="Zoé", family="Dubois"
+        ),
+        "Kofi Mensah": double.add_patient(
+            ["100012B"], given="Kofi", family="Mensah", gender="M", birthdate=date(1975, 5, 3)
         ),
         "Twin A": double.add_patient(["DUP-1"], given="Ada", family="Twin"),
         "Twin B": double.add_patient(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid as uuidlib
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from orthanc_openmrs.devtools.openmrs_double.auth import basic_credentials
 from orthanc_openmrs.devtools.openmrs_double.errors import html_page
+from orthanc_openmrs.devtools.openmrs_double.patient_views import age
 from orthanc_openmrs.devtools.openmrs_double.wire import (
     FHIR,
     int_param,
@@ -92,8 +93,17 @@ def _patient_resource(patient: Patient, types: Mapping[str, IdType]) -> dict[str
         "deceasedBoolean": False,
     }
     if patient.birthdate is not None:
-        resource["birthDate"] = patient.birthdate.isoformat()
+        resource["birthDate"] = _birth_date(patient.birthdate, patient.birthdate_estimated)
     return resource
+
+
+def _birth_date(birthdate: date, estimated: bool) -> str:
+    """fhir2's BirthDateTranslator: an estimated birth date keeps only its year, or its year
+    and month for a child of 5 or less (the cut-off of infant growth charts)."""
+    if not estimated:
+        return birthdate.isoformat()
+    years = age(birthdate, datetime.now(UTC).date()) or 0
+    return birthdate.isoformat()[: 4 if years > 5 else 7]
 
 
 def _operation_outcome(status: int, code: str, text: str) -> Response:

@@ -96,6 +96,8 @@ class Patient:
     voided: bool
     created: datetime
     identifiers: list[PatientId]
+    # person.birthdate_estimated: the birth date was worked out from an age.
+    birthdate_estimated: bool = False
     # patient.date_changed: set when a column of the patient or person row changes (a scalar
     # person edit, a void), never when only child rows (identifiers, names) do.
     changed: datetime | None = None

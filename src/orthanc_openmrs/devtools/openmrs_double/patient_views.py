@@ -132,7 +132,7 @@ def _name_node(patient: Patient, base: str) -> Node:
     return Node(uri, "name", props, _NAME_VIEWS)
 
 
-def _age(birthdate: date | None, today: date) -> int | None:
+def age(birthdate: date | None, today: date) -> int | None:
     if birthdate is None:
         return None
     before_birthday = (today.month, today.day) < (birthdate.month, birthdate.day)
@@ -146,9 +146,9 @@ def _person_node(patient: Patient, base: str) -> Node:
         "uuid": patient.uuid,
         "display": patient.full_name,
         "gender": patient.gender,
-        "age": _age(birth, datetime.now(UTC).date()),
+        "age": age(birth, datetime.now(UTC).date()),
         "birthdate": None if birth is None else f"{birth.isoformat()}T00:00:00.000+0000",
-        "birthdateEstimated": False,
+        "birthdateEstimated": patient.birthdate_estimated,
         "dead": False,
         "deathDate": None,
         "causeOfDeath": None,

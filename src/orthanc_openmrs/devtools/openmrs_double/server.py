@@ -137,8 +137,11 @@ class OpenMRSDouble:
         uuid: str | None = None,
         gender: str = "U",
         birthdate: date | None = None,
+        birthdate_estimated: bool = False,
     ) -> str:
-        """Create a patient; a plain string is an "OpenMRS ID". Returns the patient's uuid."""
+        """Create a patient; a plain string is an "OpenMRS ID". Returns the patient's uuid.
+
+        A uuid already known replaces that patient (as an edit in OpenMRS would)."""
         with self._lock:
             idents = self._store.new_identifiers(identifiers)
             patient = Patient(
@@ -151,6 +154,7 @@ class OpenMRSDouble:
                 voided=voided,
                 created=now(),
                 identifiers=idents,
+                birthdate_estimated=birthdate_estimated,
             )
             self._store.add_patient(patient)
             return patient.uuid
