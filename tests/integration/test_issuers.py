@@ -68,4 +68,4 @@ def test_issuers_cost_one_orthanc_request_a_study(orthanc, openmrs, database) ->
         openmrs_cost = built.openmrs.requests - openmrs_before
     assert summary.counts[Outcome.SYNCED] == 4
     assert 4 * 6 <= orthanc_cost <= 4 * 6 + 1  # + the one changes poll of the pass
-    assert openmrs_cost == 1 + 4 * 2
+    assert openmrs_cost == 1 + 1 + 4 * 2  # the patient-change poll, a lookup, list + upload
