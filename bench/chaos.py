@@ -38,6 +38,7 @@ from orthanc_openmrs.devtools.dicom_factory import (
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 from orthanc_openmrs.devtools.tally import Tally, captions_by_uid, tally
+from orthanc_openmrs.store import LEASE
 
 LATE_SHARE = 0.05
 KILL_WAIT = (0.1, 1.5)
@@ -46,7 +47,9 @@ DROP_GAP = (0.1, 1.0)
 # One background action in this many expires the sessions instead of arming a drop.
 EXPIRE_ONE_IN = 8
 CHAOS_MAX_ACTIONS = 100_000
-SETTLE_TIMEOUT = 120.0
+# A killed service's studies wait for their lease to run out before the restarted one takes
+# them over, so the wait for the last of them is a lease and then some.
+SETTLE_TIMEOUT = LEASE + 60.0
 # After the last study shows up, watch a little longer: a duplicate can land just after it.
 SETTLE_GRACE = 2.0
 POLL = 0.25
