@@ -112,7 +112,8 @@ class Upkeep:
         None when another process sharing the ledger is sweeping, or took the sweep over
         because this one stalled longer than a lease: then this one changes nothing more."""
         if not self.store.claim_task(SWEEP, self._clock()):
-            log.info("reconcile.skipped", reason="another process is sweeping the ledger")
+            # Debug: `run` asks every poll and a waiting `reconcile` twice a second.
+            log.debug("reconcile.skipped", reason="another process is sweeping the ledger")
             return None
         self._renewed = self._clock()
         try:
