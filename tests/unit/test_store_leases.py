@@ -13,9 +13,11 @@ from orthanc_openmrs.store import BACKLOG, LEASE, LIVE, Store
 
 NOW = 1_000.0
 
-# Claims batches until nothing is left, never giving a study back; prints what it got.
+# Claims batches until nothing is left, never giving a study back; prints what it got. The
+# pause between claims (as between a pass's refills) keeps both claiming for a while, however
+# late the machine's load lets the second one start.
 _CLAIMER = """
-import json, sys
+import json, sys, time
 from pathlib import Path
 from orthanc_openmrs.store import Store
 store = Store(Path(sys.argv[1]))
@@ -27,6 +29,7 @@ for _ in range(1000):  # bounded: a claim that leased nothing would never run dr
     if not batch:
         break
     got += [row.orthanc_id for row in batch]
+    time.sleep(0.005)
 print(json.dumps(got))
 """
 
