@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from orthanc_openmrs.devtools.dicom_factory import (
 )
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs.devtools.tally import Tally, captions_by_uid, tally
+from orthanc_openmrs.store import LEASE
 
 LATE_SHARE = 0.05
 KILL_WAIT = (0.1, 1.5)
@@ -46,15 +47,15 @@ DROP_GAP = (0.1, 1.0)
 # One background action in this many expires the sessions instead of arming a drop.
 EXPIRE_ONE_IN = 8
 CHAOS_MAX_ACTIONS = 100_000
-SETTLE_TIMEOUT = 120.0
+# A killed service's studies wait for their lease to run out before the restarted one takes
+# them over, so the wait for the last of them is a lease and then some.
+SETTLE_TIMEOUT = LEASE + 60.0
 # After the last study shows up, watch a little longer: a duplicate can land just after it.
 SETTLE_GRACE = 2.0
 POLL = 0.25
 STOP_TIMEOUT = 30.0
 STABLE_TIMEOUT = 120.0
 LOG_TAIL_LINES = 40
-# The caption ends with the viewer link `...?study=<StudyInstanceUID>`; the whole token counts.
-CAPTION_UID = re.compile(r"[?&]study=([0-9]+(?:\.[0-9]+)*)$")
 
 
 # -- arguments -------------------------------------------------------------------------------
@@ -276,19 +277,6 @@ def kill_loop(
 
 
 # -- waiting and counting --------------------------------------------------------------------
-def captions_by_uid(double: OpenMRSDouble) -> tuple[dict[str, list[str]], int]:
-    """Non-voided attachments: study UID -> patient uuids holding it; and how many name none."""
-    found: dict[str, list[str]] = {}
-    stray = 0
-    for attachment in double.attachments():
-        match = CAPTION_UID.search(attachment.comment or "")
-        if match is None:
-            stray += 1
-        else:
-            found.setdefault(match.group(1), []).append(attachment.patient_uuid)
-    return found, stray
-
-
 def wait_for_all(double: OpenMRSDouble, uids: set[str], service: ServiceProcess) -> None:
     """Until every study has an attachment (then a short grace), a timeout, or a crash."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
@@ -302,46 +290,6 @@ def wait_for_all(double: OpenMRSDouble, uids: set[str], service: ServiceProcess)
         if complete_at is not None and now - complete_at >= SETTLE_GRACE:
             return
         time.sleep(POLL)
-
-
-@dataclass
-class Tally:
-    studies: int = 0
-    missing: int = 0
-    duplicates: int = 0
-    wrong_patient: int = 0
-    stray: int = 0
-
-    def add(self, other: Tally) -> None:
-        self.studies += other.studies
-        self.missing += other.missing
-        self.duplicates += other.duplicates
-        self.wrong_patient += other.wrong_patient
-        self.stray += other.stray
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.duplicates or self.wrong_patient or self.stray)
-
-    def line(self, label: str) -> str:
-        return (
-            f"{label}: studies {self.studies}, missing {self.missing}, "
-            f"duplicates {self.duplicates}, wrong patient {self.wrong_patient}"
-        )
-
-
-def tally(double: OpenMRSDouble, expected: dict[str, str]) -> Tally:
-    """`expected`: study UID -> the uuid of its patient."""
-    found, stray = captions_by_uid(double)
-    result = Tally(studies=len(expected), stray=stray)
-    for uid, patient in expected.items():
-        holders = found.get(uid, [])
-        result.missing += int(not holders)
-        result.duplicates += max(0, len(holders) - 1)
-        result.wrong_patient += sum(1 for holder in holders if holder != patient)
-    # An attachment naming a study that was never uploaded is attached to nobody's study.
-    result.stray += sum(len(v) for uid, v in found.items() if uid not in expected)
-    return result
 
 
 def observed_faults(double: OpenMRSDouble) -> tuple[int, int]:

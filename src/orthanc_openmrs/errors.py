@@ -6,6 +6,7 @@ the foreign thing. Whether an error is worth retrying is a property of the error
     SyncError
     ├── ConfigError                  a setting is missing or invalid; names the setting
     ├── StoreError                   the state database cannot be read or written
+    ├── LeaseHeld                    another process on the ledger is working that study now
     ├── ServerError                  a remote server did not do what was asked
     │   ├── CredentialsRefused       a server refuses our credentials: stop the work, never retry
     │   │   ├── OrthancAuthError
@@ -44,6 +45,11 @@ class ConfigError(SyncError):
 
 class StoreError(SyncError):
     """The state database failed."""
+
+
+class LeaseHeld(SyncError):
+    """Another process sharing the ledger holds the lease on the study (or the work) asked
+    for; a person's command refuses rather than work it at the same time."""
 
 
 # Answers that say "the server is not there right now" rather than "this request failed".

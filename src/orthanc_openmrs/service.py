@@ -3,15 +3,21 @@ and reconcile the ledger with what Orthanc really holds.
 
 Memory stays flat whatever the backlog: the ledger holds the queue, and only a bounded batch of
 study IDs is in flight at once.
+
+Several processes may share the ledger (`run` twice, a `sync` or `retry` beside `run`): every
+study is worked under a lease in the ledger (see store), which the pass renews while the study
+is in flight, and a person's command waits a while for another process's lease, then refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -19,14 +25,20 @@ import structlog
 
 from orthanc_openmrs import patient_watch as watch
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
-from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
+from orthanc_openmrs.errors import (
+    ConfigError,
+    CredentialsRefused,
+    LeaseHeld,
+    ServerError,
+    StoreError,
+)
 from orthanc_openmrs.models import Outcome, Prior, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import UNSTABLE_RECHECK, Backoff, plan
-from orthanc_openmrs.store import BACKLOG, LIVE, AuditRow, Store, StudyRow
+from orthanc_openmrs.store import BACKLOG, LIVE, RENEW_EVERY, AuditRow, Lease, Store, StudyRow
 from orthanc_openmrs.sync import StudySync, SyncOptions, UidLocks
 from orthanc_openmrs.upkeep import SweepSummary, Upkeep
 
@@ -36,8 +48,13 @@ CHANGES_PAGE = 1000
 _EXAMPLES_KEPT = 50
 _PLANNED_KEPT = 500
 _PROBLEMS = (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.MISMATCH, Outcome.FAILED)
+# How long a person's command waits for another process to finish with a study: one attempt,
+# queued behind a batch of others, takes seconds; a lease left by a killed process, longer.
+LEASE_WAIT = 30.0
+_LEASE_POLL = 0.5
 
 Clock = Callable[[], float]
+InFlight = dict[Future[StudyResult], tuple[StudyRow, Prior]]
 
 
 @dataclass
@@ -83,6 +100,8 @@ class Service:
         clock: Clock = time.time,
         jitter: Callable[[], float] = random.random,
         progress: Progress | None = None,
+        lease_wait: float = LEASE_WAIT,
+        renew_every: float = RENEW_EVERY,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -92,6 +111,8 @@ class Service:
         self._clock = clock
         self._jitter = jitter
         self.progress = progress
+        self.lease_wait = lease_wait
+        self.renew_every = renew_every
         self.upkeep = Upkeep(
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
         )
@@ -188,7 +209,8 @@ class Service:
         """Sync every due study once.
 
         Refused credentials and an unavailable server end the pass at once and propagate; the
-        studies not yet done stay due, charged with nothing.
+        studies not yet done stay due, charged with nothing. A stop lets the attempts already
+        running finish and be recorded.
         """
         started = self._clock()
         summary = PassSummary()
@@ -196,43 +218,98 @@ class Service:
         if self.progress:
             self.progress.add_total(self.store.count_due(self._clock()))
         syncer = self._syncer()
-        last_poll = self._clock()
-        inflight: dict[Future[StudyResult], tuple[StudyRow, Prior]] = {}
-        window = self.options.workers * 2
+        last_poll = renewed = self._clock()
+        inflight: InFlight = {}
         pool = self._executor()
         try:
-            while not (stop and stop.is_set()):
-                if self._clock() - last_poll >= self.options.poll_interval:
-                    found = self._follow_changes()  # new studies go before the backlog
-                    self._follow_patients()
-                    summary.discovered += found
-                    if self.progress:
-                        self.progress.add_total(found)
-                    last_poll = self._clock()
-                if len(inflight) <= self.options.workers:  # refill in batches, not one by one
-                    rows = self.store.claim_due(
-                        self._clock(),
-                        window - len(inflight),
-                        exclude={row.orthanc_id for row, _ in inflight.values()},
-                        not_tried_since=started,
-                    )
-                    same_uid = self.store.same_uid(rows)
-                    for row in rows:
-                        prior = replace(row.prior, same_uid=same_uid[row.orthanc_id])
-                        inflight[pool.submit(syncer.sync, row.orthanc_id, prior)] = (row, prior)
+            while True:
+                if stop is not None and stop.is_set():
+                    self._cancel_queued(inflight)
+                else:
+                    if self._clock() - last_poll >= self.options.poll_interval:
+                        self._poll(summary)  # new studies go before the backlog
+                        last_poll = self._clock()
+                    if len(inflight) <= self.options.workers:  # refill in batches, not one by one
+                        for row, prior in self._claim(inflight, started):
+                            inflight[pool.submit(syncer.sync, row.orthanc_id, prior)] = (row, prior)
                 if not inflight:
                     break
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                self._record_done([(future, *inflight.pop(future)) for future in done], summary)
+                # Wake up to renew the leases even while every attempt is still running.
+                timeout = max(0.0, renewed + self.renew_every - self._clock())
+                done, _ = wait(inflight, timeout=timeout, return_when=FIRST_COMPLETED)
+                if done:
+                    self._record_done([(f, *inflight.pop(f)) for f in done], summary)
+                if self._clock() - renewed >= self.renew_every:
+                    self._renew(inflight)
+                    renewed = self._clock()
         except BaseException:
             # Let the studies already in flight finish before anything else may pick them.
             for future in inflight:
                 future.cancel()
             wait(inflight)
+            with contextlib.suppress(StoreError):  # unreleased leases run out by themselves
+                self.store.release(row.orthanc_id for row, _ in inflight.values())
             raise
         if stop and stop.is_set():
             summary.interrupted = "stopped"
         return summary
+
+    def _poll(self, summary: PassSummary) -> None:
+        found = self._follow_changes()
+        self._follow_patients()
+        summary.discovered += found
+        if self.progress:
+            self.progress.add_total(found)
+
+    def _claim(self, inflight: InFlight, started: float) -> list[tuple[StudyRow, Prior]]:
+        """The next batch of due studies, leased to this process, with what the ledger knows of
+        their other Orthanc identities."""
+        rows = self.store.claim_due(
+            self._clock(),
+            self.options.workers * 2 - len(inflight),
+            exclude={row.orthanc_id for row, _ in inflight.values()},
+            not_tried_since=started,
+        )
+        try:
+            rows = self._read_missing_uids(rows)
+            same_uid = self.store.same_uid(rows)
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self.store.release(row.orthanc_id for row in rows)
+            raise
+        return [(row, replace(row.prior, same_uid=same_uid[row.orthanc_id])) for row in rows]
+
+    def _read_missing_uids(self, rows: list[StudyRow]) -> list[StudyRow]:
+        """A study the ledger held without its StudyInstanceUID (an older ledger, a study
+        named by a person) is claimed before anyone knows which other studies share its UID:
+        read it now, before any work, and give the study back if another process is working
+        that UID under another Orthanc identity. One that Orthanc cannot name is worked as it
+        is: its attempt reads the study first and, mostly, finds it gone."""
+        unread = [row.orthanc_id for row in rows if not row.study_uid]
+        if not unread:
+            return rows
+        uids = self.orthanc.study_uids(unread)
+        given_back = self.store.learn_claimed_uids(uids, self._clock())
+        return [
+            replace(row, study_uid=uids.get(row.orthanc_id, row.study_uid))
+            for row in rows
+            if row.orthanc_id not in given_back
+        ]
+
+    def _cancel_queued(self, inflight: InFlight) -> None:
+        """On a stop: attempts not started yet are dropped and their leases given up; the
+        running ones are waited for, so no lease ends while its upload may still happen."""
+        cancelled = [future for future in inflight if future.cancel()]
+        if cancelled:
+            self.store.release(inflight.pop(future)[0].orthanc_id for future in cancelled)
+
+    def _renew(self, inflight: InFlight) -> None:
+        ids = [row.orthanc_id for row, _ in inflight.values()]
+        held = self.store.renew_leases(ids, self._clock()) if ids else 0
+        if held < len(ids):
+            # Only when this process was stuck longer than a lease: another may have taken
+            # some of these studies over; the look before upload still guards each of them.
+            log.warning("lease.lost", in_flight=len(ids), still_held=held)
 
     def _executor(self) -> ThreadPoolExecutor:
         """The workers live as long as the service: each keeps its own HTTP connections."""
@@ -268,6 +345,7 @@ class Service:
                     result = future.result()
                 except BaseException as exc:
                     failure = failure or exc
+                    self.store.release([claimed.orthanc_id])
                     continue
                 self._record(result, summary, claimed, prior)
         if failure is not None:
@@ -295,6 +373,7 @@ class Service:
         if result.outcome is Outcome.GONE and row is not None and row.prior.synced:
             # A synced study deleted from Orthanc: its attachment must go too, as in a sweep.
             self.upkeep.forget_if_deleted(row)
+            self.store.release([result.orthanc_id])  # still there after all: nothing recorded
             self._report(result)
             return
         attempts = (row.attempts if row else 0) + 1
@@ -344,64 +423,106 @@ class Service:
 
     def sync_now(self, reference: str, *, reset: bool = False) -> list[StudyResult]:
         """One study now, whatever its schedule; `reset` also brings back an ignored study."""
-        results = []
-        syncer = self._syncer()
-        for orthanc_id in self.resolve(reference):
-            self.store.make_due(orthanc_id, self._clock(), reset=reset)
-            row = self.store.get(orthanc_id)
-            if row is not None and row.state in (State.IGNORED, State.SUPERSEDED):
-                results.append(
-                    StudyResult(
-                        orthanc_id,
-                        Outcome.ALREADY_THERE,
-                        f"{row.state.value}: {row.reason}",
-                        study_uid=row.study_uid,
-                    )
-                )
-                continue
-            result = syncer.sync(orthanc_id, row.prior if row else None)
+        ids = self.resolve(reference)
+        with self._leased(ids):
+            syncer = self._syncer()
+            return [self._sync_one(syncer, orthanc_id, reset=reset) for orthanc_id in ids]
+
+    def _sync_one(self, syncer: StudySync, orthanc_id: str, *, reset: bool) -> StudyResult:
+        self.store.make_due(orthanc_id, self._clock(), reset=reset)
+        row = self.store.get(orthanc_id)
+        if row is not None and row.state in (State.IGNORED, State.SUPERSEDED):
+            return StudyResult(
+                orthanc_id,
+                Outcome.ALREADY_THERE,
+                f"{row.state.value}: {row.reason}",
+                study_uid=row.study_uid,
+            )
+        result = syncer.sync(orthanc_id, row.prior if row else None)
+        # In one transaction with the lease's end, as in a pass: no other process can pick up
+        # an older identity between this study's result and its supersession.
+        with self.store.batch():
             self._record(result, PassSummary())
-            results.append(result)
-        return results
+        return result
 
     def link(self, reference: str, patient_uuid: str, by: str) -> list[StudyResult]:
         """A person's decision: this study belongs to that patient."""
         self.openmrs.get_patient(patient_uuid)  # refuses an unknown uuid before anything changes
         ids = self.resolve(reference)
-        for orthanc_id in ids:
-            self.store.link_manually(orthanc_id, patient_uuid, by, self._clock())
-            row = self.store.get(orthanc_id)
-            self.upkeep.audit(
-                (orthanc_id, row.study_uid if row else ""),
-                "link",
-                "",
-                patient_uuid,
-                f"linked by {by}",
-            )
-        return [r for i in ids for r in self.sync_now(i)]
+        with self._leased(ids):
+            for orthanc_id in ids:
+                self.store.link_manually(orthanc_id, patient_uuid, by, self._clock())
+                row = self.store.get(orthanc_id)
+                self.upkeep.audit(
+                    (orthanc_id, row.study_uid if row else ""),
+                    "link",
+                    "",
+                    patient_uuid,
+                    f"linked by {by}",
+                )
+            syncer = self._syncer()
+            return [self._sync_one(syncer, orthanc_id, reset=False) for orthanc_id in ids]
 
     def ignore(self, reference: str, by: str, reason: str) -> list[StudyRow]:
         rows = []
-        for orthanc_id in self.resolve(reference):
-            self.store.make_due(orthanc_id, self._clock())
-            self.store.set_state(
-                orthanc_id, State.IGNORED, f"ignored by {by}: {reason}", self._clock()
-            )
-            row = self.store.get(orthanc_id)
-            if row:
-                self.upkeep.audit(
-                    (orthanc_id, row.study_uid),
-                    "ignore",
-                    row.attachment_uuid,
-                    row.patient_uuid,
-                    row.reason,
+        ids = self.resolve(reference)
+        with self._leased(ids):
+            for orthanc_id in ids:
+                self.store.make_due(orthanc_id, self._clock())
+                self.store.set_state(
+                    orthanc_id, State.IGNORED, f"ignored by {by}: {reason}", self._clock()
                 )
-                rows.append(row)
+                row = self.store.get(orthanc_id)
+                if row:
+                    self.upkeep.audit(
+                        (orthanc_id, row.study_uid),
+                        "ignore",
+                        row.attachment_uuid,
+                        row.patient_uuid,
+                        row.reason,
+                    )
+                    rows.append(row)
         return rows
 
+    @contextlib.contextmanager
+    def _leased(self, orthanc_ids: list[str]) -> Iterator[None]:
+        """Hold these studies' leases for a person's command, given up at the end. Waits up to
+        `lease_wait` for another process to finish with one, then refuses (LeaseHeld) having
+        changed nothing: never two processes on one study."""
+        held: list[str] = []
+        try:
+            for orthanc_id in orthanc_ids:
+                self._wait_for_lease(orthanc_id)
+                held.append(orthanc_id)
+            yield
+        finally:
+            self.store.release(held)
+
+    def _wait_for_lease(self, orthanc_id: str) -> None:
+        row = self.store.get(orthanc_id)
+        uid = row.study_uid if row is not None else ""
+        if not uid:  # the lease must cover every identity of the UID, so it must be known
+            uid = self.orthanc.study_uids([orthanc_id]).get(orthanc_id, "")
+        deadline = time.monotonic() + self.lease_wait
+        while (held := self.store.claim_study(orthanc_id, self._clock(), uid)) is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LeaseHeld(_busy(uid or orthanc_id, orthanc_id, held, self._clock()))
+            time.sleep(min(_LEASE_POLL, left))
+
     def reconcile(self) -> SweepSummary:
-        """One sweep of Orthanc's study list against the ledger (see Upkeep.reconcile)."""
-        return self.upkeep.reconcile()
+        """One sweep of Orthanc's study list against the ledger (see Upkeep.reconcile), asked
+        for by a person: waits up to `lease_wait` while another process sweeps."""
+        deadline = time.monotonic() + self.lease_wait
+        while (summary := self.upkeep.reconcile()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LeaseHeld(
+                    "another process sharing the ledger is sweeping it now; nothing was done: "
+                    "its sweep does the same, or try again once it is over"
+                )
+            time.sleep(min(_LEASE_POLL, left))
+        return summary
 
     # -- long-running ----------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:
@@ -411,7 +532,7 @@ class Service:
         while not stop.is_set():
             try:
                 if self._clock() - self.store.last_reconcile() >= self.options.reconcile_interval:
-                    self.reconcile()
+                    self.upkeep.reconcile()  # skipped while another process sweeps
                 self.run_pass(stop)
                 failures = 0
                 delay = self.options.poll_interval
@@ -423,6 +544,16 @@ class Service:
                 delay = backoff.delay(failures, self._jitter())
                 log.warning("service.backoff", reason=exc.message, retry_in=round(delay, 1))
             stop.wait(delay)
+
+
+def _busy(reference: str, orthanc_id: str, held: Lease, now: float) -> str:
+    """Why a person's command on a study was refused, and when to try again."""
+    which = "" if held.orthanc_id == orthanc_id else f" (as Orthanc study {held.orthanc_id})"
+    return (
+        f"study {reference} is being worked by another process{which}: {held.owner}, whose "
+        f"lease ends in {max(1, math.ceil(held.until - now))} s unless it renews it; "
+        "nothing was done: try again once it has finished"
+    )
 
 
 def _audits(result: StudyResult, now: float) -> list[AuditRow]:

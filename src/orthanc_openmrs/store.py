@@ -1,11 +1,21 @@
 """The ledger: one row per Orthanc study, the changes cursor, and an audit trail. All SQL is here.
 
 Only the thread that created the store uses it; workers hand their results back to that thread.
+
+Several processes may share one ledger file. A study is worked only under a lease: a claim
+takes due studies for this store's owner until `now + LEASE`, in one immediate transaction, so
+two processes never take the same study, nor two Orthanc identities of one StudyInstanceUID.
+The owner renews the leases of what it has in flight, recording a result gives the lease up,
+and a lease that runs out (its process was killed) lets another process take the study over.
+Work done for the whole ledger (the sweep) is leased by name in the same way.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,6 +27,12 @@ from orthanc_openmrs.errors import StoreError
 from orthanc_openmrs.models import NEEDS_A_PERSON, WAITING, PatientChange, Prior, State, StudyResult
 
 _OPEN_TIMEOUT = 30.0
+
+# Seconds a lease lasts unless renewed. The owner renews every RENEW_EVERY, so a lease runs out
+# only when its process is dead or stuck: longer than two HTTP timeouts (30 s each) in a row,
+# short enough that a killed process's studies are taken over within a minute and a half.
+LEASE = 90.0
+RENEW_EVERY = LEASE / 3
 
 # The first schema. A new ledger is made from it and then migrated like an old one, so the
 # path every existing ledger takes at start is the one the tests take every time.
@@ -112,6 +128,35 @@ LIVE, BACKLOG = 0, 1
 # States in which the service may still act on a study by itself.
 _ACTIVE = ("pending", "unmatched", "ambiguous", "mismatch", "failed")
 
+# Due for an attempt, not tried since the pass began, not leased (or its lease has run out),
+# and no other identity of its StudyInstanceUID leased by another process whose lease runs.
+_CLAIMABLE = """
+    s.next_attempt_at IS NOT NULL AND s.next_attempt_at <= :now
+    AND (s.last_attempt_at IS NULL OR s.last_attempt_at < :since)
+    AND (s.lease_owner = '' OR s.lease_until <= :now)
+    AND s.orthanc_id NOT IN (SELECT value FROM json_each(:exclude))
+    AND NOT EXISTS (
+        SELECT 1 FROM studies AS o
+        WHERE s.study_uid != '' AND o.study_uid = s.study_uid
+        AND o.lease_owner NOT IN ('', :me) AND o.lease_until > :now
+    )
+"""
+# SET clauses that give up this owner's lease, and no one else's, in the statement that records
+# the outcome (SET reads the old values, so the order of the two does not matter).
+_LET_GO = (
+    "lease_until = CASE WHEN lease_owner = :me THEN NULL ELSE lease_until END, "
+    "lease_owner = CASE WHEN lease_owner = :me THEN '' ELSE lease_owner END"
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Another process's hold on a study (or on shared work), as a refusal names it."""
+
+    orthanc_id: str
+    owner: str
+    until: float
+
 
 @dataclass(frozen=True)
 class StudyRow:
@@ -161,8 +206,15 @@ class AuditRow:
     reason: str
 
 
+def process_owner() -> str:
+    """A lease owner unique to this process (and this store): host, pid, and a random part, since
+    a pid is reused after a restart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, owner: str | None = None) -> None:
+        self.owner = owner or process_owner()
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=_OPEN_TIMEOUT)
             self._db.row_factory = sqlite3.Row
@@ -262,10 +314,15 @@ class Store:
         return int(value) if value is not None else None
 
     def advance_cursor(self, seq: int) -> None:
-        """Move the changes cursor forward; it never goes back."""
-        current = self.cursor()
-        if current is None or seq > current:
-            self._set_meta("changes_cursor", str(seq))
+        """Move the changes cursor forward; it never goes back, even when another process on
+        the ledger moved it further between our read of the feed and this write."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('changes_cursor', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+                "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(seq),),
+            )
 
     def reset_cursor(self, seq: int) -> None:
         """Orthanc's changes log restarted (a new database): start over from its new end."""
@@ -363,17 +420,126 @@ class Store:
                 [(now, LIVE, oid) for oid in orthanc_ids],
             )
 
+    # -- leases ----------------------------------------------------------------------------
     def claim_due(
         self, now: float, limit: int, *, exclude: set[str], not_tried_since: float
     ) -> list[StudyRow]:
-        """Studies due for an attempt, live ones first, skipping those already tried this pass."""
-        rows = self._query(
-            "SELECT * FROM studies WHERE next_attempt_at IS NOT NULL "
-            "AND next_attempt_at <= ? AND (last_attempt_at IS NULL OR last_attempt_at < ?) "
-            "ORDER BY priority, next_attempt_at LIMIT ?",
-            (now, not_tried_since, limit + len(exclude)),
+        """Take up to `limit` studies due for an attempt, live ones first, for this owner until
+        now + LEASE; skip those tried since the pass began and those leased (see _CLAIMABLE).
+        `exclude`, what is in flight here, stays out even if its lease ran out meanwhile."""
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE studies SET lease_owner = :me, lease_until = :until "  # noqa: S608
+                f"WHERE orthanc_id IN (SELECT s.orthanc_id FROM studies AS s WHERE {_CLAIMABLE} "
+                "ORDER BY s.priority, s.next_attempt_at LIMIT :limit) RETURNING *",
+                {
+                    "me": self.owner,
+                    "now": now,
+                    "until": now + LEASE,
+                    "since": not_tried_since,
+                    "exclude": json.dumps(sorted(exclude)),
+                    "limit": limit,
+                },
+            ).fetchall()
+        # RETURNING keeps no order.
+        rows.sort(key=lambda r: (r["priority"], r["next_attempt_at"]))
+        return [_row(r) for r in rows]
+
+    def learn_claimed_uids(self, uids: Mapping[str, str], now: float) -> set[str]:
+        """The StudyInstanceUIDs just read of studies this owner claimed without one. Those
+        whose UID another live process is working (under another Orthanc identity) are given
+        back: their Orthanc IDs are returned."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
+                [(uid, oid) for oid, uid in uids.items() if uid],
+            )
+            busy = {
+                str(r["orthanc_id"])
+                for r in db.execute(
+                    "SELECT s.orthanc_id FROM studies AS s "
+                    "WHERE s.orthanc_id IN (SELECT value FROM json_each(:ids)) AND EXISTS ("
+                    "SELECT 1 FROM studies AS o WHERE s.study_uid != '' "
+                    "AND o.study_uid = s.study_uid AND o.lease_owner NOT IN ('', :me) "
+                    "AND o.lease_until > :now)",
+                    {"ids": json.dumps(sorted(uids)), "me": self.owner, "now": now},
+                )
+            }
+            self._let_go(db, busy)
+        return busy
+
+    def claim_study(self, orthanc_id: str, now: float, study_uid: str = "") -> Lease | None:
+        """Take one study for this owner whatever its schedule (a person's command, the sweep).
+        None when taken; otherwise the lease another live process holds on it or on another
+        identity of its StudyInstanceUID. A study the ledger lacks is added, due now, with
+        `study_uid` (the caller reads it first: a claim cannot keep others off an unknown UID)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO studies (orthanc_id, study_uid, state, priority, "
+                "next_attempt_at, discovered_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                (orthanc_id, study_uid, LIVE, now, now, now),
+            )
+            if study_uid:
+                db.execute(
+                    "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
+                    (study_uid, orthanc_id),
+                )
+            (uid,) = db.execute(
+                "SELECT study_uid FROM studies WHERE orthanc_id = ?", (orthanc_id,)
+            ).fetchone()
+            held = db.execute(
+                "SELECT orthanc_id, lease_owner, lease_until FROM studies "
+                "WHERE (orthanc_id = :id OR (:uid != '' AND study_uid = :uid)) "
+                "AND lease_owner NOT IN ('', :me) AND lease_until > :now "
+                "ORDER BY lease_until DESC LIMIT 1",
+                {"id": orthanc_id, "uid": uid, "me": self.owner, "now": now},
+            ).fetchone()
+            if held is not None:
+                return Lease(held["orthanc_id"], held["lease_owner"], float(held["lease_until"]))
+            db.execute(
+                "UPDATE studies SET lease_owner = ?, lease_until = ? WHERE orthanc_id = ?",
+                (self.owner, now + LEASE, orthanc_id),
+            )
+        return None
+
+    def renew_leases(self, orthanc_ids: Iterable[str], now: float) -> int:
+        """Extend this owner's leases on these studies to now + LEASE; how many it still held."""
+        with self._tx() as db:
+            return int(
+                db.execute(
+                    "UPDATE studies SET lease_until = ? WHERE lease_owner = ? "
+                    "AND orthanc_id IN (SELECT value FROM json_each(?))",
+                    (now + LEASE, self.owner, json.dumps(sorted(orthanc_ids))),
+                ).rowcount
+            )
+
+    def release(self, orthanc_ids: Iterable[str]) -> None:
+        """Give up this owner's leases on these studies (not worked after all)."""
+        with self._tx() as db:
+            self._let_go(db, orthanc_ids)
+
+    def _let_go(self, db: sqlite3.Connection, orthanc_ids: Iterable[str]) -> None:
+        db.execute(
+            "UPDATE studies SET lease_owner = '', lease_until = NULL WHERE lease_owner = ? "
+            "AND orthanc_id IN (SELECT value FROM json_each(?))",
+            (self.owner, json.dumps(sorted(orthanc_ids))),
         )
-        return [_row(r) for r in rows if r["orthanc_id"] not in exclude][:limit]
+
+    def claim_task(self, name: str, now: float) -> bool:
+        """Take, or renew, the lease on work one process at a time does for the whole ledger;
+        False while another live process holds it."""
+        with self._tx() as db:
+            taken = db.execute(
+                "INSERT INTO leases (name, owner, until) VALUES (:name, :me, :until) "
+                "ON CONFLICT (name) DO UPDATE SET owner = :me, until = :until "
+                "WHERE leases.owner = :me OR leases.until <= :now RETURNING owner",
+                {"name": name, "me": self.owner, "until": now + LEASE, "now": now},
+            ).fetchall()
+        return bool(taken)
+
+    def release_task(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, self.owner))
 
     # -- results ---------------------------------------------------------------------------
     def record(
@@ -406,6 +572,8 @@ class Store:
                     state = :state, reason = :reason, retryable = :retryable,
                     next_attempt_at = :next, last_attempt_at = :now, updated_at = :now,
                     attempts = attempts + 1, recheck = 0,
+                    lease_until = CASE WHEN lease_owner = :me THEN NULL ELSE lease_until END,
+                    lease_owner = CASE WHEN lease_owner = :me THEN '' ELSE lease_owner END,
                     study_uid = COALESCE(NULLIF(:uid, ''), study_uid),
                     dicom_patient_id = COALESCE(NULLIF(:pid, ''), dicom_patient_id),
                     patient_name = COALESCE(NULLIF(:name, ''), patient_name),
@@ -443,6 +611,7 @@ class Store:
                     "instance": result.instance_id,
                     "caption": result.caption,
                     "id": result.orthanc_id,
+                    "me": self.owner,
                 },
             )
 
@@ -527,7 +696,9 @@ class Store:
         """Looked at in this pass (a dry run), nothing else changes."""
         with self._tx() as db:
             db.execute(
-                "UPDATE studies SET last_attempt_at = ? WHERE orthanc_id = ?", (now, orthanc_id)
+                f"UPDATE studies SET last_attempt_at = :now, {_LET_GO} "  # noqa: S608
+                "WHERE orthanc_id = :id",
+                {"now": now, "id": orthanc_id, "me": self.owner},
             )
 
     def record_waiting(
@@ -536,22 +707,38 @@ class Store:
         """The study is still receiving instances: look again later, count no attempt."""
         with self._tx() as db:
             db.execute(
-                "UPDATE studies SET next_attempt_at = ?, last_attempt_at = ?, updated_at = ?, "
-                "study_uid = COALESCE(NULLIF(?, ''), study_uid) WHERE orthanc_id = ?",
-                (next_attempt_at, now, now, study_uid, orthanc_id),
+                "UPDATE studies SET next_attempt_at = :next, last_attempt_at = :now, "  # noqa: S608
+                f"updated_at = :now, study_uid = COALESCE(NULLIF(:uid, ''), study_uid), {_LET_GO} "
+                "WHERE orthanc_id = :id",
+                {
+                    "next": next_attempt_at,
+                    "now": now,
+                    "uid": study_uid,
+                    "id": orthanc_id,
+                    "me": self.owner,
+                },
             )
 
     def set_state(
         self, orthanc_id: str, state: State, reason: str, now: float, *, voided: bool = False
     ) -> None:
         """A final state reached outside an attempt (deleted, superseded, ignored); `voided`:
-        its attachment was voided, so the ledger no longer points at it."""
+        its attachment was voided, so the ledger no longer points at it. This owner's lease on
+        it, if any, ends."""
         with self._tx() as db:
             db.execute(
-                "UPDATE studies SET state = ?, reason = ?, next_attempt_at = NULL, recheck = 0, "
-                "updated_at = ?, attachment_uuid = CASE WHEN ? THEN '' ELSE attachment_uuid END "
-                "WHERE orthanc_id = ?",
-                (state.value, reason, now, voided, orthanc_id),
+                f"UPDATE studies SET {_LET_GO}, state = :state, reason = :reason, "  # noqa: S608
+                "next_attempt_at = NULL, recheck = 0, updated_at = :now, "
+                "attachment_uuid = CASE WHEN :voided THEN '' ELSE attachment_uuid END "
+                "WHERE orthanc_id = :id",
+                {
+                    "state": state.value,
+                    "reason": reason,
+                    "now": now,
+                    "voided": voided,
+                    "id": orthanc_id,
+                    "me": self.owner,
+                },
             )
 
     def link_manually(self, orthanc_id: str, patient_uuid: str, by: str, now: float) -> None:
@@ -611,9 +798,13 @@ class Store:
 
     # -- reconciliation --------------------------------------------------------------------
     def begin_sweep(self) -> int:
-        sweep = int(self._meta("sweep") or 0) + 1
-        self._set_meta("sweep", str(sweep))
-        return sweep
+        """The number of a new sweep, higher than any before (read and raised in one step)."""
+        with self._tx() as db:
+            (value,) = db.execute(
+                "INSERT INTO meta (key, value) VALUES ('sweep', '1') ON CONFLICT (key) "
+                "DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1 RETURNING value"
+            ).fetchone()
+        return int(value)
 
     def mark_seen(
         self,
@@ -627,7 +818,9 @@ class Store:
         new = self.discover(orthanc_ids, now, priority=BACKLOG, due_at=now, uids=uids)
         with self._tx() as db:
             db.executemany(
-                "UPDATE studies SET seen_sweep = ?, next_attempt_at = CASE WHEN state = 'pending' "
+                # MAX: a sweep that began earlier never makes a study look unseen to a later one.
+                "UPDATE studies SET seen_sweep = MAX(seen_sweep, ?), "
+                "next_attempt_at = CASE WHEN state = 'pending' "
                 "AND next_attempt_at > ? THEN ? ELSE next_attempt_at END WHERE orthanc_id = ?",
                 [(sweep, now, now, oid) for oid in orthanc_ids],
             )

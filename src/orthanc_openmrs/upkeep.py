@@ -3,7 +3,8 @@ studies, one attachment per StudyInstanceUID, voiding, and the audit trail of ev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import structlog
@@ -12,13 +13,16 @@ from orthanc_openmrs.errors import CredentialsRefused, OrthancNotFound, ServerEr
 from orthanc_openmrs.models import Outcome, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
-from orthanc_openmrs.store import AuditRow, Store, StudyRow
+from orthanc_openmrs.store import RENEW_EVERY, AuditRow, Store, StudyRow
 
 log = structlog.get_logger("orthanc_openmrs")
 
 # Ten FHIR requests a sweep: with the default sweep every 10 minutes, 144,000 patient checks a
 # day at about one request a minute.
 PATIENTS_CHECKED_PER_SWEEP = 1000
+# The name of the sweep's lease: one process at a time sweeps a ledger. Two at once would each
+# take the studies only the other had marked seen for gone (and look them up in Orthanc).
+SWEEP = "sweep"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Upkeep:
         self.store = store
         self._clock = clock
         self.keep_deleted = keep_deleted
+        self._renewed = 0.0  # when this process last renewed the sweep's lease
 
     def audit(
         self, study: tuple[str, str], action: str, attachment: str, patient: str, reason: str
@@ -101,33 +106,58 @@ class Upkeep:
                 raise
 
     # -- reconciliation --------------------------------------------------------------------
-    def reconcile(self) -> SweepSummary:
+    def reconcile(self) -> SweepSummary | None:
         """One sweep of Orthanc's study list against the ledger: finds studies the changes feed
         missed, studies waiting for a StableStudy that will never come, and deleted studies
         (their attachments are voided unless SYNC_KEEP_DELETED). One request per 1000 studies,
-        plus one per study that has disappeared and one per study whose UID the ledger lacks."""
+        plus one per study that has disappeared and one per study whose UID the ledger lacks.
+
+        None when another process sharing the ledger is sweeping, or took the sweep over
+        because this one stalled longer than a lease: then this one changes nothing more."""
+        if not self.store.claim_task(SWEEP, self._clock()):
+            # Debug: `run` asks every poll and a waiting `reconcile` twice a second.
+            log.debug("reconcile.skipped", reason="another process is sweeping the ledger")
+            return None
+        self._renewed = self._clock()
+        try:
+            summary = self._sweep()
+        finally:
+            self.store.release_task(SWEEP)
+        if summary is None:
+            log.warning("reconcile.abandoned", reason="the sweep's lease was taken over")
+        return summary
+
+    def _sweep(self) -> SweepSummary | None:
         sweep = self.store.begin_sweep()
         seen = new = 0
         for ids in self.orthanc.study_id_pages():
+            if not self._still_sweeping():
+                return None
             uids = self.orthanc.study_uids(self.store.without_uid(ids))
             new += self.store.mark_seen(ids, sweep, self._clock(), uids)
             seen += len(ids)
         deleted = voided = 0
-        for row in self.store.unseen(sweep):
-            gone, void = self.forget_if_deleted(row)
-            deleted += gone
-            voided += void
+        for unseen in self.store.unseen(sweep):
+            if not self._still_sweeping():
+                return None
+            with self._holding(unseen.orthanc_id) as row:
+                # Read again under the lease: another process may have recorded it meanwhile.
+                if row is not None and row.state not in (State.GONE, State.SUPERSEDED):
+                    gone, void = self.forget_if_deleted(row)
+                    deleted += gone
+                    voided += void
         for uid in self.store.uids_synced_twice():
-            newest = self.store.synced_with_uid(uid)[0]
-            self.supersede_others(
-                StudyResult(
-                    newest.orthanc_id,
-                    Outcome.SYNCED,
-                    study_uid=uid,
-                    patient_uuid=newest.patient_uuid,
-                    attachment_uuid=newest.attachment_uuid,
-                )
-            )
+            with self._holding(self.store.synced_with_uid(uid)[0].orthanc_id) as newest:
+                if newest is not None and newest.state is State.SYNCED:
+                    self.supersede_others(
+                        StudyResult(
+                            newest.orthanc_id,
+                            Outcome.SYNCED,
+                            study_uid=uid,
+                            patient_uuid=newest.patient_uuid,
+                            attachment_uuid=newest.attachment_uuid,
+                        )
+                    )
         rechecked = self.check_patients()
         self.store.finish_sweep(self._clock())
         summary = SweepSummary(seen=seen, new=new, deleted=deleted, voided=voided)
@@ -165,6 +195,27 @@ class Upkeep:
         if gone:
             log.info("patients.voided", patients=len(gone), studies_rechecked=rechecked)
         return rechecked
+
+    def _still_sweeping(self) -> bool:
+        """Renew the sweep's lease now and then; False once another process holds it."""
+        now = self._clock()
+        if now - self._renewed < RENEW_EVERY:
+            return True
+        self._renewed = now
+        return self.store.claim_task(SWEEP, now)
+
+    @contextmanager
+    def _holding(self, orthanc_id: str) -> Iterator[StudyRow | None]:
+        """The study's row as it is once leased to this process (and with it every identity of
+        its UID); None, and nothing to do, while another process works it: the next sweep
+        looks again."""
+        if self.store.claim_study(orthanc_id, self._clock()) is not None:
+            yield None
+            return
+        try:
+            yield self.store.get(orthanc_id)
+        finally:
+            self.store.release([orthanc_id])
 
     def forget_if_deleted(self, row: StudyRow) -> tuple[int, int]:
         """If Orthanc no longer has the study: gone, its attachment voided (unless kept).

@@ -1,0 +1,158 @@
+"""Several processes on one ledger: `sync` beside `run`, and two `run`s, attach each study once."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from test_cli import _clean_environment, _command, _run
+
+from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs.devtools.tally import Tally, tally
+from orthanc_openmrs.service import LEASE_WAIT
+from orthanc_openmrs.store import LEASE, Store
+from support import env_for, load
+
+STUDIES = 80
+# Slow enough that two processes always have studies between look and upload at once.
+LATENCY = 0.1
+SETTLE_TIMEOUT = 90.0
+# After the last study shows up, watch a little longer: a duplicate can land just after it.
+GRACE = 2.0
+
+
+class _Run:
+    """`orthanc-openmrs run` in the background, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*_command(), "run"],
+                env={**_clean_environment(), **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def synced(self) -> int:
+        return self.log.read_text(errors="replace").count("event='study.synced'")
+
+
+def _backlog(orthanc, openmrs) -> dict[str, str]:
+    """STUDIES studies in Orthanc, each of its own patient; StudyInstanceUID -> patient uuid."""
+    specs, expected = [], {}
+    for i in range(STUDIES):
+        patient_id = f"LP{i:05d}"  # fixed width: the fuzzy search finds no neighbours
+        spec = StudySpec(f"lease-{i}", patient_id=patient_id)
+        expected[study_uid(spec)] = openmrs.add_patient([patient_id])
+        specs.append(spec)
+    load(orthanc, *specs)
+    return expected
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = SETTLE_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def _settle(openmrs, expected: dict[str, str], runs: list[_Run]) -> None:
+    """Until every study has an attachment, then a short grace; fails if a process exits."""
+
+    def all_attached() -> bool:
+        for run in runs:
+            assert run.process.poll() is None, run.log.read_text(errors="replace")[-3000:]
+        return tally(openmrs, expected).missing == 0
+
+    _wait_for(all_attached, "every study is attached")
+    time.sleep(GRACE)
+
+
+def test_sync_beside_run_attaches_each_study_once(orthanc, openmrs, database, tmp_path) -> None:
+    """A `sync` started by hand while `run` works through a backlog leaves exactly one
+    attachment per study, on its own patient, and both processes did part of the work."""
+    expected = _backlog(orthanc, openmrs)
+    openmrs.latency = LATENCY
+    env = env_for(orthanc, openmrs, database)
+    run = _Run(env, tmp_path / "run.log")
+    try:
+        _wait_for(lambda: bool(openmrs.attachments()), "`run` attaches its first study")
+        done = _run(env, "sync")
+        assert done.returncode == 0, done.stderr
+        _settle(openmrs, expected, [run])
+        assert run.stop() == 0
+    finally:
+        run.kill()
+    assert tally(openmrs, expected) == Tally(studies=STUDIES)
+    by_sync = re.search(r"^\s*synced\s+(\d+)$", done.stdout, re.MULTILINE)
+    assert by_sync is not None, done.stdout
+    assert int(by_sync.group(1)) > 0
+    assert run.synced() > 0
+
+
+def test_two_runs_on_one_ledger_share_the_work(orthanc, openmrs, database, tmp_path) -> None:
+    """Two `run` processes on one ledger attach every study of a backlog exactly once between
+    them, each doing part of it, and both stop cleanly."""
+    expected = _backlog(orthanc, openmrs)
+    openmrs.latency = LATENCY
+    env = env_for(orthanc, openmrs, database)
+    runs = [_Run(env, tmp_path / f"run-{i}.log") for i in range(2)]
+    try:
+        _settle(openmrs, expected, runs)
+        assert [run.stop() for run in runs] == [0, 0]
+    finally:
+        for run in runs:
+            run.kill()
+    assert tally(openmrs, expected) == Tally(studies=STUDIES)
+    assert all(run.synced() > 0 for run in runs)
+
+
+def _held_by_another_process(orthanc, openmrs, database, since: float) -> StudySpec:
+    """One study in Orthanc and the ledger, leased by another process from `since` on."""
+    openmrs.add_patient(["P001"])
+    spec = StudySpec("held")
+    ids = load(orthanc, spec)
+    assert _run(env_for(orthanc, openmrs, database), "sync", "--dry-run").returncode == 0
+    other = Store(database, owner="other-host:4242:0000")
+    assert other.claim_study(ids["held"], since) is None
+    other.close()
+    return spec
+
+
+def test_retry_refuses_a_study_another_process_works(orthanc, openmrs, database) -> None:
+    """`retry` on a study another live process is working waits for it, then exits 1 with a
+    message naming the study and the other process, having attached nothing."""
+    spec = _held_by_another_process(orthanc, openmrs, database, time.time())
+    started = time.monotonic()
+    done = _run(env_for(orthanc, openmrs, database), "retry", study_uid(spec))
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started >= LEASE_WAIT
+    assert f"study {study_uid(spec)} is being worked by another process" in done.stderr
+    assert "other-host:4242:0000" in done.stderr
+    assert openmrs.attachments() == []
+
+
+def test_retry_takes_over_once_a_killed_process_lease_runs_out(orthanc, openmrs, database) -> None:
+    """`retry` on a study whose process was killed a lease ago, less a few seconds, waits
+    those seconds and attaches it."""
+    spec = _held_by_another_process(orthanc, openmrs, database, time.time() - LEASE + 3)
+    done = _run(env_for(orthanc, openmrs, database), "retry", study_uid(spec))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"synced: {study_uid(spec)}")
+    assert len(openmrs.attachments()) == 1
