@@ -98,6 +98,19 @@ def sync_pass(settings: Settings, *, dry_run: bool = False) -> PassSummary:
         return built.run_pass()
 
 
+def pass_cost(settings: Settings) -> tuple[PassSummary, int, int]:
+    """One pass after discovery, with the Orthanc and OpenMRS requests it made."""
+    with service(settings) as built:
+        built.discover()
+        orthanc_before, openmrs_before = built.orthanc.requests, built.openmrs.requests
+        summary = built.run_pass()
+        return (
+            summary,
+            built.orthanc.requests - orthanc_before,
+            built.openmrs.requests - openmrs_before,
+        )
+
+
 def ledger(settings: Settings) -> Store:
     return Store(settings.sync_database)
 

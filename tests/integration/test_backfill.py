@@ -6,7 +6,7 @@ import itertools
 
 from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
-from support import ledger, load, service, settings_for, sync_pass
+from support import ledger, load, pass_cost, service, settings_for, sync_pass
 
 
 def test_dry_run_writes_nothing_to_openmrs(orthanc, openmrs, database) -> None:
@@ -44,12 +44,7 @@ def test_common_case_request_cost(orthanc, openmrs, database) -> None:
     openmrs.add_patient(["P001"])
     load(orthanc, *[StudySpec(f"c{i}") for i in range(4)])
     settings = settings_for(orthanc, openmrs, database, sync_workers=1)
-    with service(settings) as built:
-        built.discover()
-        orthanc_before, openmrs_before = built.orthanc.requests, built.openmrs.requests
-        summary = built.run_pass()
-        orthanc_cost = built.orthanc.requests - orthanc_before
-        openmrs_cost = built.openmrs.requests - openmrs_before
+    summary, orthanc_cost, openmrs_cost = pass_cost(settings)
     assert summary.counts[Outcome.SYNCED] == 4
     assert orthanc_cost <= 4 * 5 + 1  # + the one changes poll of the pass
     # the pass's patient-change poll, one patient lookup, then list + upload per study

@@ -6,7 +6,7 @@ from __future__ import annotations
 from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.devtools.openmrs_double import Identifier
 from orthanc_openmrs.models import Outcome, State
-from support import ledger, load, service, settings_for, sync_pass
+from support import ledger, load, pass_cost, settings_for, sync_pass
 
 ISSUERS = "HOSP_A=OpenMRS ID,CLINIC_B=Legacy MRN"
 
@@ -60,12 +60,7 @@ def test_issuers_cost_one_orthanc_request_a_study(orthanc, openmrs, database) ->
     openmrs.add_patient(["P001"])
     load(orthanc, *[StudySpec(f"c{i}", issuer="HOSP_A") for i in range(4)])
     settings = settings_for(orthanc, openmrs, database, sync_workers=1, sync_issuer_types=ISSUERS)
-    with service(settings) as built:
-        built.discover()
-        orthanc_before, openmrs_before = built.orthanc.requests, built.openmrs.requests
-        summary = built.run_pass()
-        orthanc_cost = built.orthanc.requests - orthanc_before
-        openmrs_cost = built.openmrs.requests - openmrs_before
+    summary, orthanc_cost, openmrs_cost = pass_cost(settings)
     assert summary.counts[Outcome.SYNCED] == 4
     assert 4 * 6 <= orthanc_cost <= 4 * 6 + 1  # + the one changes poll of the pass
     assert openmrs_cost == 1 + 1 + 4 * 2  # the patient-change poll, a lookup, list + upload
