@@ -27,6 +27,7 @@ from orthanc_openmrs.devtools.openmrs_double.model import (
     now,
 )
 from orthanc_openmrs.devtools.openmrs_double.rest import RestApi
+from orthanc_openmrs.devtools.openmrs_double.server_info import ServerInfo
 from orthanc_openmrs.devtools.openmrs_double.wire import CONTEXT_PATH, FHIR, Request
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class OpenMRSDouble:
         self._accounts = Accounts(username, password)
         self._faults = Faults()
         self._requests: list[RecordedRequest] = []
-        self._rest = RestApi(self._store, self._accounts, self._faults)
+        self._info = ServerInfo.of(generation)
+        self._rest = RestApi(self._store, self._accounts, self._faults, self._info)
         self._fhir = FhirApi(self._store, self._accounts)
         self.add_identifier_type("OpenMRS ID", OPENMRS_ID_TYPE_UUID)
         self.add_identifier_type("ID Card", ID_CARD_TYPE_UUID)
@@ -210,6 +212,22 @@ class OpenMRSDouble:
         """Copies of the stored attachments, newest first (the server's listing order)."""
         with self._lock:
             return [replace(a) for a in self._store.newest_first(patient_uuid, include_voided)]
+
+    # -- the user and the server's set-up ------------------------------------------------
+
+    def set_privileges(self, privileges: Sequence[str] | None) -> None:
+        """Give the user one role with just these privileges; None: System Developer (all)."""
+        with self._lock:
+            self._accounts.privileges = None if privileges is None else frozenset(privileges)
+
+    def stop_module(self, module_id: str) -> None:
+        """Show a module as loaded but not started, as after a failed start."""
+        with self._lock:
+            self._info.modules[module_id].started = False
+
+    def remove_concept(self, concept_uuid: str) -> None:
+        with self._lock:
+            self._info.concepts.pop(concept_uuid, None)
 
     # -- fault injection -----------------------------------------------------------------
 
