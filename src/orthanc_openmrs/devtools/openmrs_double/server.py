@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -51,8 +52,12 @@ class OpenMRSDouble:
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: serve HTTPS with this server context (its certificate), as a real OpenMRS
+        behind a TLS terminator does."""
         self.generation: Generation = generation
+        self._tls = tls
         # Seconds slept before each request is handled; may be changed at any time.
         self.latency = latency
         self._host = host
@@ -78,6 +83,8 @@ class OpenMRSDouble:
         if self._server is not None:
             return
         self._server = _Server((self._host, self._port), _Handler, self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             # A short poll interval keeps stop() quick; the default makes it take 0.5 s.
             target=self._server.serve_forever,
@@ -120,7 +127,11 @@ class OpenMRSDouble:
         if self._server is None:
             raise RuntimeError("the OpenMRS double is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}{CONTEXT_PATH}"
+        return f"{self.scheme}://{host!s}:{port}{CONTEXT_PATH}"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self._tls is None else "https"
 
     # -- seeding -------------------------------------------------------------------------
 
@@ -385,7 +396,8 @@ class _Handler(BaseHTTPRequestHandler):
         relative = split.path.removeprefix(CONTEXT_PATH)
         if not split.path.startswith(CONTEXT_PATH + "/"):
             relative = "/__outside_context__" + split.path
-        req = Request(self.command, relative, query, headers, body, f"http://{host}{CONTEXT_PATH}")
+        base = f"{double.scheme}://{host}{CONTEXT_PATH}"
+        req = Request(self.command, relative, query, headers, body, base)
         response = double._answer(req)
         double._finish(record, response)
         if response.drop:
