@@ -20,7 +20,9 @@ import structlog
 from orthanc_openmrs import patient_watch as watch
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
 from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
+from orthanc_openmrs.logs import public_reason
 from orthanc_openmrs.models import Outcome, Prior, State, StudyResult
+from orthanc_openmrs.monitor import Monitor, ready_window
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
@@ -83,6 +85,7 @@ class Service:
         clock: Clock = time.time,
         jitter: Callable[[], float] = random.random,
         progress: Progress | None = None,
+        monitor: Monitor | None = None,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -92,6 +95,7 @@ class Service:
         self._clock = clock
         self._jitter = jitter
         self.progress = progress
+        self.monitor = monitor or Monitor(grace=options.poll_interval, clock=clock)
         self.upkeep = Upkeep(
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
         )
@@ -122,6 +126,7 @@ class Service:
         for page in self.orthanc.studies_with_uids():
             found += self.store.discover(list(page), now, priority=BACKLOG, due_at=now, uids=page)
             seen += len(page)
+            self.monitor.beat()
         log.info("catchup.done", studies_seen=seen, new=found)
         return found
 
@@ -149,8 +154,10 @@ class Service:
                 )
             if stable:
                 self.store.note_stable(stable, now, uids)
+                self.monitor.stable_seen(stable)
             cursor = max(cursor, page.last)
             self.store.advance_cursor(cursor)
+            self.monitor.changes_seen(page.last)
             if page.done or not page.changes:
                 return found
 
@@ -316,14 +323,17 @@ class Service:
         event = "study." + result.outcome.value.replace(" ", "_")
         fields = {
             "orthanc_id": result.orthanc_id,
-            "study_uid": result.study_uid,
+            "study_uid": result.study_uid,  # shown at DEBUG only (see logs.py)
             "patient_uuid": result.patient_uuid or None,
             "attachment_uuid": result.attachment_uuid or None,
         }
+        # The log travels to central stores: its reason names no patient; the ledger's does.
+        code, reason = public_reason(result)
         if result.outcome in _PROBLEMS:
-            log.warning(event, reason=result.reason, **fields)
+            log.warning(event, reason_code=code, reason=reason, **fields)
         else:
             log.info(event, **fields)
+        self.monitor.study_done(result)
         if self.progress:
             self.progress(result)
 
@@ -413,6 +423,8 @@ class Service:
                 if self._clock() - self.store.last_reconcile() >= self.options.reconcile_interval:
                     self.reconcile()
                 self.run_pass(stop)
+                self.monitor.pass_done()
+                self._ask_quiet_servers()
                 failures = 0
                 delay = self.options.poll_interval
             except CredentialsRefused:
@@ -422,7 +434,17 @@ class Service:
                 backoff = Backoff(max(self.options.poll_interval, 1.0), 300.0)
                 delay = backoff.delay(failures, self._jitter())
                 log.warning("service.backoff", reason=exc.message, retry_in=round(delay, 1))
+            self.monitor.beat(delay)  # alive, and says how long it sleeps: no restart for that
             stop.wait(delay)
+
+    def _ask_quiet_servers(self) -> None:
+        """One cheap request to a server the passes have not heard from lately (OpenMRS when
+        no FHIR2 answers the patient polls), so that readiness tells how it is now."""
+        for server in self.monitor.stale(ready_window(self.options.poll_interval) / 2):
+            if server == "orthanc":
+                self.monitor.changes_seen(self.orthanc.high_water_mark())
+            else:
+                self.openmrs.check_credentials()
 
 
 def _audits(result: StudyResult, now: float) -> list[AuditRow]:
