@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import random
 import signal
 import sys
 import threading
@@ -18,7 +19,13 @@ from pydantic import SecretStr
 
 from orthanc_openmrs import __version__, logs, preflight, report
 from orthanc_openmrs.config import Settings, env_name, load_settings
-from orthanc_openmrs.errors import ConfigError, CredentialsRefused, OrthancAuthError, SyncError
+from orthanc_openmrs.errors import (
+    ConfigError,
+    CredentialsRefused,
+    OrthancAuthError,
+    ServerError,
+    SyncError,
+)
 from orthanc_openmrs.http.metrics import LedgerReader
 from orthanc_openmrs.http.server import HttpSurface, Routes
 from orthanc_openmrs.monitor import Monitor, ready_window
@@ -286,14 +293,38 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             http=f"{settings.sync_http_address}:{http.port}" if http else None,
         )
         try:
-            service.openmrs.check_credentials()
-            service.run_forever(stop)
+            if _credentials_accepted(service, stop):
+                service.run_forever(stop)
         except CredentialsRefused as exc:
             _hold(service.monitor, exc, stop)
             code = EXIT_CREDENTIALS
         log.info("service.stopping", signal=received[0] if received else None)
     log.info("service.stopped")
     return code
+
+
+def _credentials_accepted(service: Service, stop: threading.Event) -> bool:
+    """The one login before the work, once OpenMRS answers: beside Ozone, OpenMRS often starts
+    minutes after this service, and exiting meanwhile would only have it restarted. False when
+    stopped first."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            service.openmrs.check_credentials()
+            return True
+        except CredentialsRefused:
+            raise
+        except SyncError as exc:
+            if not (isinstance(exc, ServerError) and exc.unavailable):
+                raise
+            failures += 1
+            delay = Backoff(1.0, 60.0).delay(failures, random.random())
+            structlog.get_logger("orthanc_openmrs").warning(
+                "service.waiting", reason=exc.message, retry_in=round(delay, 1)
+            )
+            service.monitor.beat(delay)
+            stop.wait(delay)
+    return False
 
 
 def _hold(monitor: Monitor, exc: CredentialsRefused, stop: threading.Event) -> None:

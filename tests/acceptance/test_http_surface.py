@@ -50,10 +50,18 @@ def test_health_ready_and_metrics_follow_the_service(orthanc, openmrs, database)
 
 
 def test_openmrs_outage_turns_ready_off_and_leaves_health_on(orthanc, openmrs, database) -> None:
-    """OpenMRS answering 503: /ready is 503 naming it, /health stays 200 (a restart would not
-    help); when it is back, /ready is 200 again."""
+    """OpenMRS answering 503, at start (it starts after the service beside Ozone) or later:
+    /ready is 503 naming it, /health stays 200 (a restart would not help); when it is back,
+    /ready is 200 again."""
+    openmrs.set_outage(503)
     with Run(_env(orthanc, openmrs, database)) as run:
-        assert wait_for(lambda: run.answers("/ready", 200))
+        assert wait_for(lambda: run.answers("/ready", 503))
+        assert run.get("/health").status_code == 200
+        wait_for(lambda: False, timeout=2)
+        assert run.get("/health").status_code == 200
+        assert run.process.poll() is None
+        openmrs.set_outage(None)
+        assert wait_for(lambda: run.answers("/ready", 200), timeout=40)
         openmrs.set_outage(503)
         assert wait_for(lambda: run.answers("/ready", 503))
         ready = run.get("/ready").json()
