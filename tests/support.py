@@ -14,7 +14,7 @@ from orthanc_openmrs.cli import build_service
 from orthanc_openmrs.config import Settings, load_settings
 from orthanc_openmrs.devtools.dicom_factory import StudySpec, build_study
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs.devtools.orthanc_server import OrthancServer, free_tcp_port
 from orthanc_openmrs.service import PassSummary, Service
 from orthanc_openmrs.store import Store
 
@@ -60,6 +60,8 @@ def env_for(orthanc: OrthancServer, openmrs: OpenMRSDouble, database: Path) -> d
         "SYNC_DATABASE": str(database),
         "SYNC_RETRY_MIN": "0",
         "SYNC_RETRY_MAX": "0",
+        # Tests run side by side: `run` must not claim the default port of the HTTP surface.
+        "SYNC_HTTP_PORT": str(free_tcp_port()),
     }
 
 

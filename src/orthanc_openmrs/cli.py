@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
+import random
 import signal
 import sys
 import threading
@@ -17,9 +17,18 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from orthanc_openmrs import __version__, report
+from orthanc_openmrs import __version__, logs, preflight, report
 from orthanc_openmrs.config import Settings, env_name, load_settings
-from orthanc_openmrs.errors import ConfigError, CredentialsRefused, SyncError
+from orthanc_openmrs.errors import (
+    ConfigError,
+    CredentialsRefused,
+    OrthancAuthError,
+    ServerError,
+    SyncError,
+)
+from orthanc_openmrs.http.metrics import LedgerReader
+from orthanc_openmrs.http.server import HttpSurface, Routes
+from orthanc_openmrs.monitor import Monitor, ready_window
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.progress import Progress
@@ -27,6 +36,7 @@ from orthanc_openmrs.retry import Backoff
 from orthanc_openmrs.service import Service, ServiceOptions
 from orthanc_openmrs.store import Store
 from orthanc_openmrs.sync import SyncOptions
+from orthanc_openmrs.transport import tls_verification
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
 _SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password"})
@@ -35,12 +45,18 @@ _SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password"})
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
     try:
         settings = load_settings(args.config, **_flag_overrides(args))
+        # `run` prints nothing but its log, so the log goes to stdout where containers expect
+        # it; the other commands' stdout is their answer.
+        stream = sys.stdout if args.command == "run" else sys.stderr
+        logs.configure(settings.sync_log_format, verbose=args.verbose, stream=stream)
         return int(args.handler(args, settings))
     except ConfigError as exc:
-        print(f"orthanc-openmrs: {exc.message}", file=sys.stderr)
+        if args.command == "check":
+            print(preflight.Item("settings", preflight.Level.FAIL, exc.message).line())
+        else:
+            print(f"orthanc-openmrs: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
     except CredentialsRefused as exc:
         print(f"orthanc-openmrs: stopped: {exc.message}", file=sys.stderr)
@@ -105,7 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(handler=_cmd_audit)
 
-    for sub in (run, sync, status, reconcile, review, link, retry, ignore, audit):
+    check = commands.add_parser(
+        "check", help="preflight: settings, both servers, credentials (tried once), privileges"
+    )
+    check.set_defaults(handler=_cmd_check)
+
+    for sub in (run, sync, status, reconcile, review, link, retry, ignore, audit, check):
         _add_setting_flags(sub)
     return parser
 
@@ -145,39 +166,18 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _configure_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 # -- wiring ------------------------------------------------------------------------------------
 @contextmanager
 def build_service(
     settings: Settings, *, dry_run: bool = False, progress: Progress | None = None
 ) -> Iterator[Service]:
     """The service with its clients and store, closed on exit."""
-    orthanc = OrthancClient(
-        settings.orthanc_url,
-        username=settings.orthanc_user,
-        password=_secret(settings.orthanc_password),
-        timeout=settings.sync_http_timeout,
+    monitor = Monitor(
+        # A study held up by slow requests delays the loop's next beat by a few timeouts.
+        grace=max(3 * settings.sync_poll_interval, 3 * settings.sync_http_timeout),
+        version=__version__,
     )
-    openmrs = OpenMRSClient(
-        settings.openmrs_url,
-        username=settings.openmrs_user,
-        password=_secret(settings.openmrs_password),
-        timeout=settings.sync_http_timeout,
-    )
+    orthanc, openmrs = _clients(settings, monitor)
     store = Store(settings.sync_database)
     service = Service(
         orthanc,
@@ -192,6 +192,7 @@ def build_service(
             keep_deleted=settings.sync_keep_deleted,
         ),
         progress=progress,
+        monitor=monitor,
     )
     try:
         yield service
@@ -202,8 +203,51 @@ def build_service(
         store.close()
 
 
+def _clients(settings: Settings, monitor: Monitor | None) -> tuple[OrthancClient, OpenMRSClient]:
+    verify = tls_verification(settings.sync_ca_bundle)
+    orthanc = OrthancClient(
+        settings.orthanc_url,
+        username=settings.orthanc_user,
+        password=_secret(settings.orthanc_password),
+        timeout=settings.sync_http_timeout,
+        verify=verify,
+        observe=monitor.observer("orthanc") if monitor else None,
+    )
+    openmrs = OpenMRSClient(
+        settings.openmrs_url,
+        username=settings.openmrs_user,
+        password=_secret(settings.openmrs_password),
+        timeout=settings.sync_http_timeout,
+        verify=verify,
+        observe=monitor.observer("openmrs") if monitor else None,
+    )
+    return orthanc, openmrs
+
+
 def _secret(value: SecretStr) -> str:
     return value.get_secret_value()
+
+
+@contextmanager
+def _http_surface(settings: Settings, monitor: Monitor) -> Iterator[HttpSurface | None]:
+    """/health, /ready and /metrics while `run` runs (none with SYNC_HTTP_PORT=0)."""
+    if settings.sync_http_port == 0:
+        yield None
+        return
+    ledger = LedgerReader(Store(settings.sync_database, read_only=True))
+    routes = Routes(monitor, ledger, ready_window=ready_window(settings.sync_poll_interval))
+    surface = HttpSurface(settings.sync_http_address, settings.sync_http_port, routes)
+    try:
+        surface.start()
+    except OSError as exc:
+        ledger.close()
+        where = f"{settings.sync_http_address}:{settings.sync_http_port}"
+        raise ConfigError(f"SYNC_HTTP_PORT: cannot listen on {where}: {exc.strerror}") from exc
+    try:
+        yield surface
+    finally:
+        surface.close()
+        ledger.close()
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -228,22 +272,75 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    log = structlog.get_logger("orthanc_openmrs")
     stop = threading.Event()
+    received: list[int] = []
 
     def _stop(signum: int, _frame: object) -> None:
-        structlog.get_logger("orthanc_openmrs").info("service.stopping", signal=signum)
+        # No logging here: the signal may arrive while this thread writes a log line, and the
+        # writer's lock is not re-entrant.
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with build_service(settings) as service:
-        service.openmrs.check_credentials()
-        structlog.get_logger("orthanc_openmrs").info(
-            "service.started", orthanc=settings.orthanc_url, openmrs=settings.openmrs_url
+    code = EXIT_OK
+    with build_service(settings) as service, _http_surface(settings, service.monitor) as http:
+        log.info(
+            "service.started",
+            orthanc=logs.safe_url(settings.orthanc_url),
+            openmrs=logs.safe_url(settings.openmrs_url),
+            http=f"{settings.sync_http_address}:{http.port}" if http else None,
         )
-        service.run_forever(stop)
-    structlog.get_logger("orthanc_openmrs").info("service.stopped")
-    return EXIT_OK
+        try:
+            if _credentials_accepted(service, stop):
+                service.run_forever(stop)
+        except CredentialsRefused as exc:
+            _hold(service.monitor, exc, stop)
+            code = EXIT_CREDENTIALS
+        log.info("service.stopping", signal=received[0] if received else None)
+    log.info("service.stopped")
+    return code
+
+
+def _credentials_accepted(service: Service, stop: threading.Event) -> bool:
+    """The one login before the work, once OpenMRS answers: beside Ozone, OpenMRS often starts
+    minutes after this service, and exiting meanwhile would only have it restarted. False when
+    stopped first."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            service.openmrs.check_credentials()
+            return True
+        except CredentialsRefused:
+            raise
+        except SyncError as exc:
+            if not (isinstance(exc, ServerError) and exc.unavailable):
+                raise
+            failures += 1
+            delay = Backoff(1.0, 60.0).delay(failures, random.random())
+            structlog.get_logger("orthanc_openmrs").warning(
+                "service.waiting", reason=exc.message, retry_in=round(delay, 1)
+            )
+            service.monitor.beat(delay)
+            stop.wait(delay)
+    return False
+
+
+def _hold(monitor: Monitor, exc: CredentialsRefused, stop: threading.Event) -> None:
+    """Refused credentials: wait, alive and not ready, until stopped. Exiting would have a
+    supervisor (compose, systemd) start it again, and each start tries the credentials once
+    more: OpenMRS locks the account after 7 failed logins."""
+    server = "orthanc" if isinstance(exc, OrthancAuthError) else "openmrs"
+    monitor.credentials_refused(server)
+    monitor.hold(f"{server} refuses the credentials")
+    structlog.get_logger("orthanc_openmrs").error(
+        "service.held",
+        server=server,
+        reason_code="credentials_refused",
+        reason=f"{server} refuses the credentials; nothing is retried: correct them, restart",
+    )
+    stop.wait()
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -308,3 +405,16 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     report.print_audit(rows, as_json=args.json)
     return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    orthanc, openmrs = _clients(settings, None)
+    try:
+        items = []
+        for item in preflight.run_checks(settings, orthanc, openmrs):
+            print(item.line(), flush=True)
+            items.append(item)
+    finally:
+        orthanc.close()
+        openmrs.close()
+    return preflight.exit_code(items)

@@ -13,7 +13,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orthanc_openmrs.demographics import Check, parse_checks
@@ -24,6 +31,12 @@ from orthanc_openmrs.matching import parse_issuer_types
 MATCHABLE_TAGS = ("PatientID", "OtherPatientIDs")
 TEMPLATE_FIELDS = frozenset({"public_url", "study_uid", "orthanc_id"})
 
+
+# Each password that may come from a file instead, with the names it may be given under.
+_PASSWORDS = {
+    "orthanc_password": ("orthanc_password",),
+    "openmrs_password": ("openmrs_password", "eip_fhir_password"),
+}
 
 # The --config file's values, for the lowest-priority settings source while Settings is built.
 _FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("file_values", default={})  # noqa: B039
@@ -48,6 +61,12 @@ class Viewer(enum.StrEnum):
 class PatientLookup(enum.StrEnum):
     REST = "rest"
     FHIR = "fhir"
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
 
 
 class Settings(BaseSettings):
@@ -130,6 +149,29 @@ class Settings(BaseSettings):
     sync_keep_deleted: bool = Field(
         False, description="Keep the attachment of a study deleted from Orthanc (default: void it)"
     )
+    # -- running it in production: secrets from files, TLS, the HTTP surface, logs ----------
+    orthanc_password_file: Path | None = Field(
+        None, description="File holding the Orthanc password (Docker secrets, systemd credentials)"
+    )
+    openmrs_password_file: Path | None = Field(
+        None, description="File holding the OpenMRS password (Docker secrets, systemd credentials)"
+    )
+    sync_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CAs trusted for both servers, instead of the public ones "
+        "(an internal CA)",
+    )
+    sync_http_address: str = Field(
+        "127.0.0.1", description="Address of run's HTTP surface (/health, /ready, /metrics)"
+    )
+    sync_http_port: int = Field(
+        8090, ge=0, le=65535, description="Port of run's HTTP surface (0: none)"
+    )
+    sync_log_format: LogFormat = Field(
+        LogFormat.AUTO,
+        description="Log lines: json (one object a line), console, or auto (json unless on a "
+        "terminal)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -170,6 +212,30 @@ class Settings(BaseSettings):
             # OpenMRS splits Basic credentials on every ':' and would see a shorter password.
             raise ValueError("must not contain ':' (OpenMRS cuts Basic passwords at the colon)")
         return value
+
+    @field_validator("sync_ca_bundle")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        # A password may come from a file instead (the *_FILE convention of Docker secrets and
+        # systemd credentials), never from both: which one wins would be a guess. Read before
+        # the fields are checked, so the password from a file is checked as any other.
+        if not isinstance(data, dict):
+            return data
+        for name, aliases in _PASSWORDS.items():
+            path = data.get(f"{name}_file")
+            if path in (None, ""):
+                continue
+            if any(data.get(alias) not in (None, "") for alias in aliases):
+                raise ValueError(f"{name.upper()}: set it or {name.upper()}_FILE, not both")
+            data = {**data, name: _read_secret(Path(path), name)}
+        return data
 
     @field_validator("sync_patient_tags")
     @classmethod
@@ -223,6 +289,15 @@ class Settings(BaseSettings):
         return parse_checks(self.sync_demographic_checks)
 
 
+def _read_secret(path: Path, name: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name.upper()}_FILE: cannot read {path}: {exc}") from exc
+    # Files written by editors and `echo` end with a newline that is no part of the password.
+    return text.rstrip("\r\n")
+
+
 def env_name(field: str) -> str:
     return field.upper()
 
@@ -270,9 +345,10 @@ def _known_names() -> set[str]:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "?"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "required but not set"
-        lines.append(f"{env_name(name)}: {message}")
+        if error["loc"]:
+            message = f"{env_name(str(error['loc'][0]))}: {message}"
+        lines.append(message)  # checks across settings name theirs in the message
     return "invalid settings: " + "; ".join(lines)

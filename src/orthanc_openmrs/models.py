@@ -238,3 +238,27 @@ class StudyResult:
     candidate_patients: tuple[str, ...] = ()  # "uuid display" of each matching patient
     voided: tuple[Voided, ...] = ()
     created: bool = False  # this attempt uploaded the attachment
+
+
+@dataclass(frozen=True)
+class OrthancSystem:
+    """What Orthanc says of itself (`/system`, `/plugins`)."""
+
+    version: str
+    plugins: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OpenMRSModule:
+    module_id: str  # "webservices.rest", "attachments", "fhir2"
+    version: str
+    started: bool
+
+
+@dataclass(frozen=True)
+class OpenMRSUser:
+    """The logged-in user as the session resource shows it."""
+
+    username: str
+    privileges: frozenset[str]
+    roles: frozenset[str]

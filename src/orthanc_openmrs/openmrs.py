@@ -21,12 +21,22 @@ import httpx
 from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
 from orthanc_openmrs.models import (
     Attachment,
+    OpenMRSModule,
     OpenMRSPatient,
+    OpenMRSUser,
     PatientChange,
     PatientIdentifier,
     Preview,
 )
-from orthanc_openmrs.transport import ThreadClients, basic_auth, describe, unreachable
+from orthanc_openmrs.transport import (
+    RequestObserver,
+    ThreadClients,
+    Verify,
+    basic_auth,
+    client_transport,
+    describe,
+    unreachable,
+)
 
 REST = "/ws/rest/v1"
 FHIR = "/ws/fhir2/R4"
@@ -50,16 +60,21 @@ class OpenMRSClient:
         password: str,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: Verify = True,
+        observe: RequestObserver | None = None,
     ) -> None:
         self._username = username
+        limits = httpx.Limits(max_connections=2, max_keepalive_connections=1)
         self._clients = ThreadClients(
             lambda: httpx.Client(
                 base_url=base_url,
                 headers=basic_auth(username, password),
                 timeout=timeout,
                 follow_redirects=False,
-                limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-                transport=transport,
+                # Also for the transports httpx makes itself, for proxies of the environment.
+                verify=verify,
+                limits=limits,
+                transport=client_transport(limits, verify, observe, transport),
             )
         )
         self._lock = threading.Lock()
@@ -265,6 +280,60 @@ class OpenMRSClient:
                 describe("OpenMRS", "DELETE", path, exc), unavailable=unreachable(exc)
             ) from exc
         self._raise_for(path, "DELETE", response)
+
+    # -- the server itself (`orthanc-openmrs check`) -----------------------------------------
+    def whoami(self) -> OpenMRSUser | None:
+        """The logged-in user, or None when OpenMRS refuses the credentials: one login."""
+        data = self._get(f"{REST}/session", {})
+        if not data.get("authenticated"):
+            return None
+        user = data.get("user") or {}
+
+        def names(items: Any) -> frozenset[str]:
+            return frozenset(str(i.get("name") or i.get("display") or "") for i in items or [])
+
+        return OpenMRSUser(
+            username=str(user.get("username") or user.get("display") or ""),
+            privileges=names(user.get("privileges")),
+            roles=names(user.get("roles")),
+        )
+
+    def modules(self) -> list[OpenMRSModule]:
+        """The modules OpenMRS loaded, with their versions (any logged-in user may list them)."""
+        return [
+            OpenMRSModule(
+                module_id=str(item.get("uuid", "")),
+                version=str(item.get("version") or ""),
+                started=bool(item.get("started")),
+            )
+            for item in self._all_pages(f"{REST}/module", {"v": "full"})
+        ]
+
+    def has_concept(self, concept_uuid: str) -> bool:
+        try:
+            self._get(f"{REST}/concept/{quote(concept_uuid, safe='')}", {})
+        except OpenMRSError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def identifier_types(self) -> list[tuple[str, str]]:
+        """Every patient identifier type as (uuid, name)."""
+        return [
+            (str(item.get("uuid", "")), str(item.get("display", "")))
+            for item in self._all_pages(f"{REST}/patientidentifiertype", {})
+        ]
+
+    def _all_pages(self, path: str, params: Mapping[str, str]) -> Iterator[Mapping[str, Any]]:
+        start = 0
+        while True:
+            data = self._get(path, {**params, "limit": PAGE, "startIndex": start})
+            results = data.get("results", []) or []
+            yield from results
+            if not results or not _has_next(data):
+                return
+            start += len(results)
 
 
 def _has_next(data: Mapping[str, Any]) -> bool:

@@ -25,13 +25,17 @@ from orthanc_openmrs.models import (
     Instance,
     InstanceTags,
     IssuedIds,
+    OrthancSystem,
     Series,
     Study,
 )
 from orthanc_openmrs.transport import (
     NoCookies,
+    RequestObserver,
     ThreadClients,
+    Verify,
     basic_auth,
+    client_transport,
     describe,
     unreachable,
 )
@@ -57,7 +61,12 @@ class OrthancClient:
         password: str = "",
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: Verify = True,
+        observe: RequestObserver | None = None,
     ) -> None:
+        limits = httpx.Limits(
+            max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_EXPIRY
+        )
         self._clients = ThreadClients(
             lambda: httpx.Client(
                 base_url=base_url,
@@ -65,12 +74,10 @@ class OrthancClient:
                 cookies=NoCookies(),
                 timeout=timeout,
                 follow_redirects=False,
-                limits=httpx.Limits(
-                    max_connections=2,
-                    max_keepalive_connections=1,
-                    keepalive_expiry=KEEPALIVE_EXPIRY,
-                ),
-                transport=transport,
+                # Also for the transports httpx makes itself, for proxies of the environment.
+                verify=verify,
+                limits=limits,
+                transport=client_transport(limits, verify, observe, transport),
             )
         )
         self.requests = 0
@@ -275,6 +282,12 @@ class OrthancClient:
         return self._send(
             "GET", f"/instances/{_seg(instance_id)}/pdf", accept="application/pdf"
         ).content
+
+    # -- the server itself -------------------------------------------------------------------
+    def system(self) -> OrthancSystem:
+        """Orthanc's version and the plugins it loaded (`orthanc-openmrs check`)."""
+        version = str(self._json("/system").get("Version", ""))
+        return OrthancSystem(version, tuple(str(p) for p in self._json("/plugins")))
 
 
 def _series(item: Mapping[str, Any]) -> Series:

@@ -32,7 +32,9 @@ from orthanc_openmrs.errors import (
     ServerError,
     StoreError,
 )
+from orthanc_openmrs.logs import public_reason
 from orthanc_openmrs.models import Outcome, Prior, State, StudyResult
+from orthanc_openmrs.monitor import Monitor, ready_window
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
@@ -102,6 +104,7 @@ class Service:
         progress: Progress | None = None,
         lease_wait: float = LEASE_WAIT,
         renew_every: float = RENEW_EVERY,
+        monitor: Monitor | None = None,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -113,6 +116,7 @@ class Service:
         self.progress = progress
         self.lease_wait = lease_wait
         self.renew_every = renew_every
+        self.monitor = monitor or Monitor(grace=options.poll_interval, clock=clock)
         self.upkeep = Upkeep(
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
         )
@@ -143,6 +147,7 @@ class Service:
         for page in self.orthanc.studies_with_uids():
             found += self.store.discover(list(page), now, priority=BACKLOG, due_at=now, uids=page)
             seen += len(page)
+            self.monitor.beat()
         log.info("catchup.done", studies_seen=seen, new=found)
         return found
 
@@ -170,8 +175,10 @@ class Service:
                 )
             if stable:
                 self.store.note_stable(stable, now, uids)
+                self.monitor.stable_seen(stable)
             cursor = max(cursor, page.last)
             self.store.advance_cursor(cursor)
+            self.monitor.changes_seen(page.last)
             if page.done or not page.changes:
                 return found
 
@@ -395,14 +402,17 @@ class Service:
         event = "study." + result.outcome.value.replace(" ", "_")
         fields = {
             "orthanc_id": result.orthanc_id,
-            "study_uid": result.study_uid,
+            "study_uid": result.study_uid,  # shown at DEBUG only (see logs.py)
             "patient_uuid": result.patient_uuid or None,
             "attachment_uuid": result.attachment_uuid or None,
         }
+        # The log travels to central stores: its reason names no patient; the ledger's does.
+        code, reason = public_reason(result)
         if result.outcome in _PROBLEMS:
-            log.warning(event, reason=result.reason, **fields)
+            log.warning(event, reason_code=code, reason=reason, **fields)
         else:
             log.info(event, **fields)
+        self.monitor.study_done(result)
         if self.progress:
             self.progress(result)
 
@@ -534,6 +544,8 @@ class Service:
                 if self._clock() - self.store.last_reconcile() >= self.options.reconcile_interval:
                     self.upkeep.reconcile()  # skipped while another process sweeps
                 self.run_pass(stop)
+                self.monitor.pass_done()
+                self._ask_quiet_servers()
                 failures = 0
                 delay = self.options.poll_interval
             except CredentialsRefused:
@@ -543,7 +555,17 @@ class Service:
                 backoff = Backoff(max(self.options.poll_interval, 1.0), 300.0)
                 delay = backoff.delay(failures, self._jitter())
                 log.warning("service.backoff", reason=exc.message, retry_in=round(delay, 1))
+            self.monitor.beat(delay)  # alive, and says how long it sleeps: no restart for that
             stop.wait(delay)
+
+    def _ask_quiet_servers(self) -> None:
+        """One cheap request to a server the passes have not heard from lately (OpenMRS when
+        no FHIR2 answers the patient polls), so that readiness tells how it is now."""
+        for server in self.monitor.stale(ready_window(self.options.poll_interval) / 2):
+            if server == "orthanc":
+                self.monitor.changes_seen(self.orthanc.high_water_mark())
+            else:
+                self.openmrs.check_credentials()
 
 
 def _busy(reference: str, orthanc_id: str, held: Lease, now: float) -> str:

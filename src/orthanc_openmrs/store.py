@@ -213,9 +213,15 @@ def process_owner() -> str:
 
 
 class Store:
-    def __init__(self, path: Path, *, owner: str | None = None) -> None:
+    def __init__(self, path: Path, *, owner: str | None = None, read_only: bool = False) -> None:
+        """`read_only`: a view for other threads (the metrics endpoint) of a ledger that
+        another connection writes; it never creates, migrates or writes."""
         self.owner = owner or process_owner()
+        if read_only:
+            self._open_read_only(path)
+            return
         try:
+            _create_private(path)
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=_OPEN_TIMEOUT)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -228,6 +234,20 @@ class Store:
                 )
             if version != SCHEMA_VERSION:
                 self._upgrade()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SYNC_DATABASE: cannot open {path}: {exc}") from exc
+        self.path = path
+
+    def _open_read_only(self, path: Path) -> None:
+        try:
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=_OPEN_TIMEOUT,
+                check_same_thread=False,  # its user serialises the threads
+            )
+            self._db.row_factory = sqlite3.Row
         except sqlite3.Error as exc:
             raise StoreError(f"SYNC_DATABASE: cannot open {path}: {exc}") from exc
         self.path = path
@@ -901,6 +921,17 @@ class Store:
             )
             for r in self._query(sql + " ORDER BY id", params)
         ]
+
+
+def _create_private(path: Path) -> None:
+    """A new ledger is readable by its owner only: it holds patients' identifiers and names.
+    SQLite gives the -wal and -shm files it makes beside it the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"SYNC_DATABASE: cannot create {path}: {exc.strerror}") from exc
 
 
 def _statements(script: str) -> list[str]:

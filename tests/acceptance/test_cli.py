@@ -131,7 +131,8 @@ def test_wrong_openmrs_password_stops_after_one_try(orthanc, openmrs, database) 
 
 
 def test_run_follows_changes_and_stops_on_sigterm(orthanc, openmrs, database) -> None:
-    """`run` attaches a study uploaded while it runs, then exits 0 on SIGTERM."""
+    """`run` attaches a study uploaded while it runs, then exits 0 on SIGTERM; its log is
+    on stdout, one JSON object a line (not a terminal)."""
     openmrs.add_patient(["P001"])
     env = {**env_for(orthanc, openmrs, database), "SYNC_POLL_INTERVAL": "0.5"}
     process = subprocess.Popen(
@@ -148,12 +149,14 @@ def test_run_follows_changes_and_stops_on_sigterm(orthanc, openmrs, database) ->
             time.sleep(0.2)
         assert len(openmrs.attachments()) == 1
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
+        stdout, stderr = process.communicate(timeout=20)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr
-    assert "service.stopped" in stderr
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert [e["message"] for e in events][-1] == "service.stopped"
+    assert "study.synced" in [e["message"] for e in events]
 
 
 def test_help_lists_every_setting() -> None:
@@ -165,7 +168,8 @@ def test_help_lists_every_setting() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["run", "sync", "status", "reconcile", "review", "link", "retry", "ignore", "audit"]
+    "command",
+    ["run", "sync", "status", "reconcile", "review", "link", "retry", "ignore", "audit", "check"],
 )
 def test_every_command_is_documented(command: str) -> None:
     """Each command has --help and appears in the README."""

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_openmrs.config import Viewer, load_settings
+from orthanc_openmrs.config import LogFormat, Viewer, load_settings
 from orthanc_openmrs.demographics import Check
 from orthanc_openmrs.errors import ConfigError
 
@@ -28,6 +28,13 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ORTHANC_URL",
         "SYNC_DEMOGRAPHIC_CHECKS",
         "SYNC_ISSUER_TYPES",
+        "ORTHANC_PASSWORD",
+        "ORTHANC_PASSWORD_FILE",
+        "OPENMRS_PASSWORD_FILE",
+        "SYNC_CA_BUNDLE",
+        "SYNC_HTTP_ADDRESS",
+        "SYNC_HTTP_PORT",
+        "SYNC_LOG_FORMAT",
     ]:
         monkeypatch.delenv(name, raising=False)
 
@@ -141,3 +148,54 @@ def test_unreadable_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     bad.write_text("= nope")
     with pytest.raises(ConfigError, match="--config"):
         load_settings(bad)
+
+
+def test_production_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unless told otherwise: the HTTP surface on loopback port 8090, logs in JSON unless on a
+    terminal, the public CAs, passwords from the environment."""
+    _env(monkeypatch)
+    s = load_settings()
+    assert (s.sync_http_address, s.sync_http_port) == ("127.0.0.1", 8090)
+    assert s.sync_log_format is LogFormat.AUTO
+    assert s.sync_ca_bundle is None
+    assert s.openmrs_password_file is None
+    assert s.openmrs_password.get_secret_value() == "Admin123"
+
+
+def test_passwords_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """*_PASSWORD_FILE gives the password (its final newline dropped), as Docker secrets and
+    systemd credentials do; the OpenMRS password from a file is checked like any other."""
+    _env(monkeypatch)
+    monkeypatch.delenv("OPENMRS_PASSWORD")
+    (tmp_path / "openmrs").write_text("from-a-file\n")
+    (tmp_path / "orthanc").write_text("orthanc-secret")
+    monkeypatch.setenv("OPENMRS_PASSWORD_FILE", str(tmp_path / "openmrs"))
+    monkeypatch.setenv("ORTHANC_PASSWORD_FILE", str(tmp_path / "orthanc"))
+    s = load_settings()
+    assert s.openmrs_password.get_secret_value() == "from-a-file"
+    assert s.orthanc_password.get_secret_value() == "orthanc-secret"
+    (tmp_path / "openmrs").write_text("with:colon\n")
+    with pytest.raises(ConfigError, match="OPENMRS_PASSWORD: must not contain ':'"):
+        load_settings()
+
+
+def test_password_file_problems_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A password given twice, or a file that cannot be read, stops the start naming it; the
+    password itself never shows."""
+    _env(monkeypatch)
+    (tmp_path / "pw").write_text("other")
+    monkeypatch.setenv("OPENMRS_PASSWORD_FILE", str(tmp_path / "pw"))
+    with pytest.raises(ConfigError, match="set it or OPENMRS_PASSWORD_FILE, not both") as info:
+        load_settings()
+    assert "Admin123" not in info.value.message
+    monkeypatch.delenv("OPENMRS_PASSWORD")
+    monkeypatch.setenv("OPENMRS_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="OPENMRS_PASSWORD_FILE: cannot read"):
+        load_settings()
+
+
+def test_ca_bundle_must_be_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SYNC_CA_BUNDLE names a file that exists, or the start stops."""
+    _env(monkeypatch, SYNC_CA_BUNDLE=str(tmp_path / "nope.pem"))
+    with pytest.raises(ConfigError, match=r"SYNC_CA_BUNDLE: .* is not a readable file"):
+        load_settings()

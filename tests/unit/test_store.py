@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 
+import pytest
+
+from orthanc_openmrs.errors import StoreError
 from orthanc_openmrs.models import Outcome, PatientChange, State, StudyResult
 from orthanc_openmrs.store import BACKLOG, LIVE, Store
 
@@ -266,3 +271,36 @@ def test_patients_to_check_holds_synced_and_ambiguous_candidates_in_turn(tmp_pat
     assert store.recheck_studies_of(["p2"], 5.0) == 1
     due = store.claim_due(5.0, 10, exclude=set(), not_tried_since=5.0)
     assert sorted(row.orthanc_id for row in due) == ["a", "s"]
+
+
+def test_new_ledger_and_its_wal_are_readable_by_the_owner_only(tmp_path: Path) -> None:
+    """Whatever the umask, a new ledger, its WAL and its shared-memory file are mode 0600."""
+    path = tmp_path / "ledger.sqlite3"
+    old = os.umask(0o022)
+    try:
+        store = Store(path)
+        store.advance_cursor(5)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes == {
+        "ledger.sqlite3": 0o600,
+        "ledger.sqlite3-wal": 0o600,
+        "ledger.sqlite3-shm": 0o600,
+    }
+
+
+def test_read_only_view_reads_what_the_writer_wrote(tmp_path: Path) -> None:
+    """A read-only store sees the writer's committed rows and cannot write."""
+    path = tmp_path / "ledger.sqlite3"
+    store = Store(path)
+    store.advance_cursor(7)
+    reader = Store(path, read_only=True)
+    try:
+        assert reader.cursor() == 7
+        with pytest.raises(StoreError, match="readonly"):
+            reader.advance_cursor(8)
+    finally:
+        reader.close()
+        store.close()

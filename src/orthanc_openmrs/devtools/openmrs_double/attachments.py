@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from orthanc_openmrs.devtools.openmrs_double.auth import require
+from orthanc_openmrs.devtools.openmrs_double.auth import require, require_any
 from orthanc_openmrs.devtools.openmrs_double.errors import (
     CODE_ATTACHMENT,
     CODE_MISSING_PART,
@@ -174,7 +174,11 @@ def _attachment_bytes(store: Store, call: Call, uuid: str) -> Response:
 def _delete_attachment(store: Store, call: Call, uuid: str) -> Response:
     require(call, "Get Observations")
     att = _find_attachment(store, uuid)
-    if (call.req.param("purge") or "").lower() in _TRUE_WORDS:
+    purge = (call.req.param("purge") or "").lower() in _TRUE_WORDS
+    # Voiding or purging the obs, then the lookup and voiding of an emptied encounter.
+    require(call, "Delete Observations" if purge else "Edit Observations")
+    require(call, "Get Encounters", "Edit Encounters")
+    if purge:
         store.purge_attachment(att.uuid)
     else:
         att.voided = True
@@ -186,7 +190,9 @@ def _list_attachments(store: Store, call: Call) -> Response:
     ctx = request_context(req, "ref", call.generation)
     if not set(req.query) - SPECIAL_PARAMS:
         raise not_supported()  # no search parameter at all: getAll, not implemented
-    require(call, "Get Patients")
+    # The patient, visit and encounter look-ups, then the attachments service's search.
+    require(call, "Get Patients", "Get Visits", "Get Encounters")
+    require(call, "View Attachments", "Get Observations", "Get Concepts")
     patient_uuid = req.param("patient")
     if patient_uuid is None or patient_uuid not in store.patients:
         message = "A patient parameter must be provided when searching the attachments."
@@ -215,13 +221,15 @@ def _upload(store: Store, faults: Faults, call: Call) -> Response:
     if file is None:
         message = "Required request part 'file' is not present"
         raise RestError(500, message, CODE_MISSING_PART.format(line=68))
-    require(call, "Get Patients")
+    # The look-ups run whether or not the parameters were sent (contract §4.4).
+    require(call, "Get Patients", "Get Visits", "Get Encounters", "Get Providers", "Get Concepts")
     _inject_failure(faults, call)
     patient = store.patients.get(_form_value(call, parts, "patient") or "")
     caption = _form_value(call, parts, "fileCaption")
     part_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
     _validate_upload(file, part_type, patient, caption, call.generation)
     assert patient is not None  # checked by _validate_upload
+    require_any(call, "Add Observations", "Edit Observations")  # ObsService.saveObs
     mime = part_type if part_type in _KNOWN_MIME_TYPES else "application/octet-stream"
     filename = file.filename or ""
     if call.generation == "B":

@@ -6,11 +6,13 @@ import base64
 import binascii
 import secrets
 import time
+import uuid as uuidlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from orthanc_openmrs.devtools.openmrs_double.errors import (
     html_page,
+    lacks_privilege,
     method_not_allowed,
     not_found,
     not_logged_in,
@@ -26,6 +28,7 @@ LOCKOUT_SECONDS = 300.0
 ADMIN_UUID = "45ce6c2e-dd5a-11e6-9d9c-0242ac150002"
 _ADMIN_PERSON_UUID = "24252571-dd5a-11e6-9d9c-0242ac150002"
 _SYSTEM_DEVELOPER_UUID = "8d94f852-c2cc-11de-8d13-0010c6dffd0f"
+_LIMITED_ROLE_UUID = "a4a2b5c1-5e0e-4d3b-9a7c-6c1d2b0f9e11"
 
 
 @dataclass
@@ -55,9 +58,25 @@ def basic_credentials(header: str | None) -> tuple[str, str] | Literal["invalid"
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
-def require(call: Call, privilege: str) -> None:
+def require(call: Call, privilege: str, *more: str) -> None:
+    """The privilege checks of the service methods a request runs, in their order: 401 for
+    nobody logged in, 403 naming the first privilege the user lacks."""
     if call.user is None:
         raise not_logged_in(privilege)
+    if call.privileges is None:
+        return  # System Developer: OpenMRS grants this role every privilege
+    for needed in (privilege, *more):
+        if needed not in call.privileges:
+            raise lacks_privilege(needed)
+
+
+def require_any(call: Call, *privileges: str) -> None:
+    """A method authorised for any one of several privileges (@Authorized without
+    requireAll), such as saving an obs: Add Observations or Edit Observations."""
+    if call.user is None:
+        raise not_logged_in(",".join(privileges))
+    if call.privileges is not None and not call.privileges & set(privileges):
+        raise lacks_privilege(",".join(privileges))
 
 
 class Accounts:
@@ -66,6 +85,8 @@ class Accounts:
     def __init__(self, username: str, password: str) -> None:
         self.username = username
         self._password = password
+        # None: the user has the System Developer role; else its only role grants these.
+        self.privileges: frozenset[str] | None = None
         self._sessions: dict[str, Session] = {}
         self._accounts: dict[str, _Account] = {}
 
@@ -144,17 +165,25 @@ def session_resource(accounts: Accounts, call: Call, rest: str) -> Response:
     body: dict[str, Any] = {"authenticated": call.user is not None, "locale": "en"}
     body["allowedLocales"] = ["en", "es", "fr", "it", "pt"]
     if call.user is not None:
-        body["user"] = _user_json(accounts.username, call.req.base)
+        body["user"] = _user_json(accounts.username, call.req.base, accounts.privileges)
         body["sessionLocation"] = None
         body["currentProvider"] = None
     return json_response(200, body)
 
 
-def _user_json(username: str, base: str) -> dict[str, Any]:
+def _user_json(username: str, base: str, privileges: frozenset[str] | None) -> dict[str, Any]:
     def link(kind: str, uuid: str) -> list[dict[str, str]]:
         return [{"rel": "self", "uri": f"{base}{REST}{kind}/{uuid}", "resourceAlias": kind}]
 
+    # User.getPrivileges() gathers the privileges of the user's roles; System Developer holds
+    # none of its own (every check passes for it), so its users list none.
     role = {"uuid": _SYSTEM_DEVELOPER_UUID, "display": "System Developer"}
+    if privileges is not None:
+        role = {"uuid": _LIMITED_ROLE_UUID, "display": "Imaging Integration"}
+    granted = [
+        {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, name)), "display": name, "name": name}
+        for name in sorted(privileges or ())
+    ]
     return {
         "uuid": ADMIN_UUID,
         "display": username,
@@ -162,7 +191,7 @@ def _user_json(username: str, base: str) -> dict[str, Any]:
         "systemId": username,
         "userProperties": {},
         "person": {"uuid": _ADMIN_PERSON_UUID, "display": "Super User"},
-        "privileges": [],
-        "roles": [{**role, "name": "System Developer"}],
+        "privileges": granted,
+        "roles": [{**role, "name": role["display"]}],
         "links": link("user", ADMIN_UUID),
     }

@@ -71,6 +71,11 @@ def not_logged_in(privilege: str) -> RestError:
     )
 
 
+def lacks_privilege(privilege: str) -> RestError:
+    reason = "User is logged in but doesn't have the relevant privilege"
+    return RestError(403, f"Privileges required: {privilege}", CODE_AUTH, reason=reason)
+
+
 def method_not_allowed(call: Call) -> RestError:
     message = f"Request method '{call.req.method}' not supported"
     return RestError(405, message, CODE_METHOD.format(line=213))

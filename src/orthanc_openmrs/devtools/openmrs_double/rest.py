@@ -14,6 +14,11 @@ from orthanc_openmrs.devtools.openmrs_double.errors import (
     html_page,
 )
 from orthanc_openmrs.devtools.openmrs_double.patients import patient_resource, type_resource
+from orthanc_openmrs.devtools.openmrs_double.server_info import (
+    ServerInfo,
+    concept_resource,
+    module_resource,
+)
 from orthanc_openmrs.devtools.openmrs_double.wire import REST, Call
 
 if TYPE_CHECKING:
@@ -27,20 +32,23 @@ if TYPE_CHECKING:
 class RestApi:
     """The /ws/rest/v1 endpoints."""
 
-    def __init__(self, store: Store, accounts: Accounts, faults: Faults) -> None:
+    def __init__(self, store: Store, accounts: Accounts, faults: Faults, info: ServerInfo) -> None:
         self._accounts = accounts
         self._routes: dict[str, Callable[[Call, str], Response]] = {
             "session": partial(session_resource, accounts),
             "patient": partial(patient_resource, store),
             "patientidentifiertype": partial(type_resource, store),
             "attachment": partial(attachment_resource, store, faults),
+            "module": partial(module_resource, info),
+            "concept": partial(concept_resource, info),
         }
 
     def answer(
         self, req: Request, session: Session, *, stale: bool, generation: Generation
     ) -> Response:
         refused = self._accounts.basic_login(req, session)
-        call = Call(req, session.user, stale, generation)
+        privileges = self._accounts.privileges if session.user is not None else None
+        call = Call(req, session.user, stale, generation, privileges)
         if stale:
             # The filter has already sent "Session timed out" but lets the request go on:
             # the controller runs (an upload is stored) and its answer is lost.

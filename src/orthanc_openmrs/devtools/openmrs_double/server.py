@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from orthanc_openmrs.devtools.openmrs_double.model import (
     now,
 )
 from orthanc_openmrs.devtools.openmrs_double.rest import RestApi
+from orthanc_openmrs.devtools.openmrs_double.server_info import ServerInfo
 from orthanc_openmrs.devtools.openmrs_double.wire import CONTEXT_PATH, FHIR, Request
 
 if TYPE_CHECKING:
@@ -50,8 +52,12 @@ class OpenMRSDouble:
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: serve HTTPS with this server context (its certificate), as a real OpenMRS
+        behind a TLS terminator does."""
         self.generation: Generation = generation
+        self._tls = tls
         # Seconds slept before each request is handled; may be changed at any time.
         self.latency = latency
         self._host = host
@@ -64,7 +70,8 @@ class OpenMRSDouble:
         self._accounts = Accounts(username, password)
         self._faults = Faults()
         self._requests: list[RecordedRequest] = []
-        self._rest = RestApi(self._store, self._accounts, self._faults)
+        self._info = ServerInfo.of(generation)
+        self._rest = RestApi(self._store, self._accounts, self._faults, self._info)
         self._fhir = FhirApi(self._store, self._accounts)
         self.add_identifier_type("OpenMRS ID", OPENMRS_ID_TYPE_UUID)
         self.add_identifier_type("ID Card", ID_CARD_TYPE_UUID)
@@ -76,6 +83,8 @@ class OpenMRSDouble:
         if self._server is not None:
             return
         self._server = _Server((self._host, self._port), _Handler, self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             # A short poll interval keeps stop() quick; the default makes it take 0.5 s.
             target=self._server.serve_forever,
@@ -118,7 +127,11 @@ class OpenMRSDouble:
         if self._server is None:
             raise RuntimeError("the OpenMRS double is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}{CONTEXT_PATH}"
+        return f"{self.scheme}://{host!s}:{port}{CONTEXT_PATH}"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self._tls is None else "https"
 
     # -- seeding -------------------------------------------------------------------------
 
@@ -214,6 +227,22 @@ class OpenMRSDouble:
         """Copies of the stored attachments, newest first (the server's listing order)."""
         with self._lock:
             return [replace(a) for a in self._store.newest_first(patient_uuid, include_voided)]
+
+    # -- the user and the server's set-up ------------------------------------------------
+
+    def set_privileges(self, privileges: Sequence[str] | None) -> None:
+        """Give the user one role with just these privileges; None: System Developer (all)."""
+        with self._lock:
+            self._accounts.privileges = None if privileges is None else frozenset(privileges)
+
+    def stop_module(self, module_id: str) -> None:
+        """Show a module as loaded but not started, as after a failed start."""
+        with self._lock:
+            self._info.modules[module_id].started = False
+
+    def remove_concept(self, concept_uuid: str) -> None:
+        with self._lock:
+            self._info.concepts.pop(concept_uuid, None)
 
     # -- fault injection -----------------------------------------------------------------
 
@@ -371,7 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
         relative = split.path.removeprefix(CONTEXT_PATH)
         if not split.path.startswith(CONTEXT_PATH + "/"):
             relative = "/__outside_context__" + split.path
-        req = Request(self.command, relative, query, headers, body, f"http://{host}{CONTEXT_PATH}")
+        base = f"{double.scheme}://{host}{CONTEXT_PATH}"
+        req = Request(self.command, relative, query, headers, body, base)
         response = double._answer(req)
         double._finish(record, response)
         if response.drop:

@@ -42,6 +42,7 @@ class Call:
     user: str | None
     stale: bool  # the response is already a "Session timed out" 401
     generation: Generation
+    privileges: frozenset[str] | None = None  # the user's; None: System Developer (all)
 
 
 @dataclass
