@@ -12,6 +12,7 @@ from pathlib import Path
 from test_cli import _clean_environment, _command, _run
 
 from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs.devtools.orthanc_server import free_tcp_port
 from orthanc_openmrs.devtools.tally import Tally, tally
 from orthanc_openmrs.service import LEASE_WAIT
 from orthanc_openmrs.store import LEASE, Store
@@ -30,10 +31,13 @@ class _Run:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
+        # Each `run` serves /health and /metrics on a port of its own, as two instances on
+        # one host must be configured.
+        own = {**env, "SYNC_HTTP_PORT": str(free_tcp_port())}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [*_command(), "run"],
-                env={**_clean_environment(), **env},
+                env={**_clean_environment(), **own},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -50,7 +54,8 @@ class _Run:
             self.process.wait(timeout=30)
 
     def synced(self) -> int:
-        return self.log.read_text(errors="replace").count("event='study.synced'")
+        lines = self.log.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if '"message": "study.synced"' in line)
 
 
 def _backlog(orthanc, openmrs) -> dict[str, str]:
