@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     sync_keep_deleted: bool = Field(
         False, description="Keep the attachment of a study deleted from Orthanc (default: void it)"
     )
+    sync_study_cards: bool = Field(
+        True,
+        description="Attach a card naming the study when it has no image to show (false: list "
+        "such studies with their reason instead)",
+    )
 
     @classmethod
     def settings_customise_sources(

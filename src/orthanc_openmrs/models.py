@@ -148,6 +148,16 @@ class Preview:
     filename: str
 
 
+class PreviewSource(enum.Enum):
+    """Which path made a study's attachment, for the counts a person reads in `status`."""
+
+    ORTHANC_WINDOW = "orthanc-window"  # Orthanc's /rendered with the file's own window
+    ORTHANC_FULL_RANGE = "orthanc-full-range"  # Orthanc's /preview, min to max
+    LOCAL_DECODE = "local-decode"  # decoded here with pydicom, in a limited child process
+    CARD = "card"  # no image could be made: a card naming the study
+    PDF = "pdf"  # the study's encapsulated PDF
+
+
 class Outcome(enum.Enum):
     """What one attempt at one study came to."""
 
@@ -238,3 +248,4 @@ class StudyResult:
     candidate_patients: tuple[str, ...] = ()  # "uuid display" of each matching patient
     voided: tuple[Voided, ...] = ()
     created: bool = False  # this attempt uploaded the attachment
+    preview_source: str = ""  # a PreviewSource value, when this attempt chose the file

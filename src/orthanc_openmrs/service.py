@@ -19,7 +19,7 @@ import structlog
 
 from orthanc_openmrs import patient_watch as watch
 from orthanc_openmrs.caption import is_orthanc_id, is_valid_uid
-from orthanc_openmrs.errors import ConfigError, CredentialsRefused, ServerError
+from orthanc_openmrs.errors import ConfigError, CredentialsRefused, RenderCrashed, ServerError
 from orthanc_openmrs.models import Outcome, Prior, State, StudyResult
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
@@ -101,6 +101,8 @@ class Service:
         # passes in `run`.
         self._uid_locks = UidLocks()
         self._rate = RateLimit(sync_options.rate_limit)
+        # Instances Orthanc crashed on, read by the workers; replaced whole, never mutated.
+        self._not_to_render = store.not_to_render()
 
     # -- discovery -------------------------------------------------------------------------
     def discover(self) -> int:
@@ -253,6 +255,7 @@ class Service:
             self.sync_options,
             rate=self._rate,
             uid_locks=self._uid_locks,
+            may_render=lambda instance_id: instance_id not in self._not_to_render,
         )
 
     # -- recording -------------------------------------------------------------------------
@@ -266,6 +269,10 @@ class Service:
             for future, claimed, prior in done:
                 try:
                     result = future.result()
+                except RenderCrashed as exc:
+                    self._charge(exc, claimed.orthanc_id)
+                    failure = failure or exc
+                    continue
                 except BaseException as exc:
                     failure = failure or exc
                     continue
@@ -311,6 +318,19 @@ class Service:
         if decision.state is State.SYNCED and (prior is None or prior.same_uid != ()):
             self.upkeep.supersede_others(result)
         self._report(result)
+
+    def _charge(self, crash: RenderCrashed, orthanc_id: str) -> None:
+        """Orthanc went down while rendering an instance: count it against the instance, so
+        that its decoders are not handed the same file in a loop."""
+        crashes = self.store.charge_render_crash(crash.instance_id, orthanc_id, self._clock())
+        self._not_to_render = self.store.not_to_render()
+        log.error(
+            "orthanc.render_crashed",
+            instance_id=crash.instance_id,
+            orthanc_id=orthanc_id,
+            crashes=crashes,
+            rendered_by_orthanc_again=crash.instance_id not in self._not_to_render,
+        )
 
     def _report(self, result: StudyResult) -> None:
         event = "study." + result.outcome.value.replace(" ", "_")
@@ -359,7 +379,11 @@ class Service:
                     )
                 )
                 continue
-            result = syncer.sync(orthanc_id, row.prior if row else None)
+            try:
+                result = syncer.sync(orthanc_id, row.prior if row else None)
+            except RenderCrashed as exc:
+                self._charge(exc, orthanc_id)
+                raise
             self._record(result, PassSummary())
             results.append(result)
         return results

@@ -54,6 +54,7 @@ class SyncOptions:
     # IssuerOfPatientID -> the one identifier type its identifiers may equal (empty: off)
     issuer_types: Mapping[str, str] = field(default_factory=dict)
     demographic_checks: frozenset[Check] = DEFAULT_CHECKS
+    study_cards: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> SyncOptions:
@@ -70,6 +71,7 @@ class SyncOptions:
             rate_limit=settings.sync_rate_limit,
             issuer_types=settings.issuer_types,
             demographic_checks=settings.demographic_checks,
+            study_cards=settings.sync_study_cards,
         )
 
 
@@ -118,6 +120,7 @@ class StudySync:
         patients: PatientCache | None = None,
         rate: RateLimit | None = None,
         uid_locks: UidLocks | None = None,
+        may_render: Callable[[str], bool] = lambda _instance: True,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -128,7 +131,13 @@ class StudySync:
             else openmrs.find_patients_rest
         )
         self.patients = patients or PatientCache(search)
-        self.finder = RepresentativeFinder(orthanc, options.max_side, options.max_bytes)
+        self.finder = RepresentativeFinder(
+            orthanc,
+            options.max_side,
+            options.max_bytes,
+            cards=options.study_cards,
+            may_render=may_render,
+        )
         self._uid_lock = uid_locks or UidLocks()
         self.rate = rate or RateLimit(options.rate_limit)
 
@@ -267,10 +276,7 @@ class StudySync:
         ]
 
     def _representative(self, study: Study) -> Representative:
-        chosen = self.finder.find(study.orthanc_id)
-        if chosen is None:
-            raise StudyRejected("no series holds an image Orthanc can render, nor a PDF")
-        return chosen
+        return self.finder.find(study)
 
     def _planned(self, study: Study, patient: str, chosen: Representative) -> StudyResult:
         link = captions.viewer_link(
@@ -283,13 +289,15 @@ class StudySync:
         text = captions.build_caption(link, chosen.modalities, study.study_date, study.description)
         if text is None:
             raise StudyRejected(f"the viewer link alone is over 255 characters: {link}")
+        how = f"attached ({chosen.source.value}: {chosen.note})" if chosen.note else "attached"
         return _result(
             study,
             Outcome.SYNCED,
-            "attached",
+            how,
             patient_uuid=patient,
             instance_id=chosen.instance_id,
             caption=text,
+            preview_source=chosen.source.value,
         )
 
     def _upload(self, study: Study, chosen: Representative, done: StudyResult) -> StudyResult:
