@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-__all__ = ["RealFile", "real_files", "rewrite"]
+__all__ = ["RealFile", "hostile_files", "real_files", "rewrite"]
 
 _PREFIX = "1.2.826.0.1.3680043.8.498."
 
@@ -80,3 +81,50 @@ def real_files() -> Iterator[RealFile]:
             yield rewrite(path)
         except Exception:  # noqa: S112 - unreadable files are simply not part of the corpus
             continue
+
+
+HOSTILE_TEXT = "\x1b[2J<script>alert('x')</script>\x00\x07 CHEST\r\nDROP TABLE studies;"
+LONG_ID = "L" * 200
+BAD_UID = "1.2.826.0.1.3680043.8.498.1&sop=2#frag"
+
+
+def hostile_files() -> list[RealFile]:
+    """Files a hostile or broken sender could make, each its own study, from pydicom's MR:
+    control characters and script in names and descriptions, a 200-character PatientID, a
+    StudyInstanceUID with `&` and `#`, and a frame claiming 65535 x 65535 pixels."""
+    from pydicom.data import get_testdata_file
+
+    base = Path(str(get_testdata_file("MR_small.dcm")))
+
+    def made(key: str, change: Callable[[Dataset], None]) -> RealFile:
+        real = rewrite(base, key=key)
+        ds = pydicom.dcmread(io.BytesIO(real.data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # values over their VR's length are the point
+            change(ds)
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=False)
+        uid, pid = str(ds.StudyInstanceUID), str(ds.PatientID)
+        return RealFile(key, base, pid, uid, buffer.getvalue())
+
+    def names(ds: Dataset) -> None:
+        ds.PatientName = "Evil^" + HOSTILE_TEXT[:40]
+        ds.StudyDescription = HOSTILE_TEXT
+        ds.SeriesDescription = HOSTILE_TEXT
+
+    def long_id(ds: Dataset) -> None:
+        ds.PatientID = LONG_ID
+
+    def bad_uid(ds: Dataset) -> None:
+        ds.StudyInstanceUID = BAD_UID
+
+    def absurd(ds: Dataset) -> None:
+        ds.Rows = ds.Columns = 65535
+        ds.PixelData = b"\x00\x01" * 512
+
+    return [
+        made("hostile-names", names),
+        made("hostile-200-char-id", long_id),
+        made("hostile-uid-amp-hash", bad_uid),
+        made("hostile-absurd-dimensions", absurd),
+    ]
