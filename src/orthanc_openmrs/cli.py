@@ -251,9 +251,12 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     try:
         counts, rows = store.counts(), store.needing_a_person()
         previews, crashes = store.preview_sources(), store.render_crashes()
+        superseded = store.superseded()
     finally:
         store.close()
-    report.print_status(counts, rows, as_json=args.json, previews=previews, crashes=crashes)
+    report.print_status(
+        counts, rows, as_json=args.json, previews=previews, crashes=crashes, superseded=superseded
+    )
     return EXIT_OK
 
 

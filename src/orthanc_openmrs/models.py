@@ -171,6 +171,7 @@ class Outcome(enum.Enum):
     NOT_STABLE = "not stable"
     GONE = "gone"
     SUPERSEDED = "superseded"
+    CONFLICT = "conflict"  # another Orthanc study of this UID belongs to another patient
 
 
 class State(enum.Enum):
@@ -185,9 +186,13 @@ class State(enum.Enum):
     GONE = "gone"
     IGNORED = "ignored"  # a person said: leave this study alone
     SUPERSEDED = "superseded"  # the same StudyInstanceUID lives on under a newer Orthanc identity
+    # Two Orthanc studies of this UID belong to two patients, neither made from the other: a
+    # collision, not a correction. Nothing is attached or voided until a person decides or one
+    # of them leaves Orthanc.
+    CONFLICT = "conflict"
 
 
-NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH, State.FAILED)
+NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH, State.CONFLICT, State.FAILED)
 # States in which a study waits for OpenMRS to learn (or correct) its patient: a change to a
 # patient holding one of the study's identifiers is worth another attempt at once.
 WAITING = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH)

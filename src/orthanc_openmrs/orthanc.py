@@ -228,6 +228,17 @@ class OrthancClient:
             series_ids=tuple(str(s) for s in data.get("Series", [])),
         )
 
+    def modified_from(self, orthanc_id: str) -> str:
+        """The study this one was made from by Orthanc's own /modify (its ModifiedFrom
+        metadata), or "" for a study received as it is."""
+        try:
+            response = self._send(
+                "GET", f"/studies/{_seg(orthanc_id)}/metadata/ModifiedFrom", accept="text/plain"
+            )
+        except OrthancNotFound:
+            return ""
+        return response.text.strip()
+
     def issued_ids(self, orthanc_id: str) -> IssuedIds:
         """Who issued the study's patient identifiers. Orthanc indexes neither
         IssuerOfPatientID nor OtherPatientIDsSequence, so they are read from the patient module

@@ -115,6 +115,7 @@ def print_status(
     as_json: bool,
     previews: dict[str, int] | None = None,
     crashes: Sequence[RenderCrash] = (),
+    superseded: Sequence[StudyRow] = (),
 ) -> None:
     if as_json:
         print(
@@ -123,6 +124,10 @@ def print_status(
                     "counts": {state.value: n for state, n in counts.items()},
                     "previews": previews or {},
                     "render_crashes": [_crash_json(c) for c in crashes],
+                    "superseded": [
+                        {"orthanc_id": r.orthanc_id, "study_uid": r.study_uid, "reason": r.reason}
+                        for r in superseded
+                    ],
                     "needs_a_person": [
                         {
                             "orthanc_id": r.orthanc_id,
@@ -148,6 +153,11 @@ def print_status(
         for source, n in sorted(previews.items()):
             print(f"  {source:<19}{n:>8}")
     _print_crashes(crashes)
+    if superseded:
+        print("\nSuperseded (the chart shows another Orthanc study of the same UID):")
+        for r in superseded:
+            print(f"  {r.study_uid or r.orthanc_id} (Orthanc {r.orthanc_id})")
+            print(f"             {r.reason}")
     needing = [r for r in rows if r.state in NEEDS_A_PERSON]
     if needing:
         print("\nNeeding a person (details: orthanc-openmrs review):")

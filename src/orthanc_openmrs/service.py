@@ -35,7 +35,13 @@ log = structlog.get_logger("orthanc_openmrs")
 CHANGES_PAGE = 1000
 _EXAMPLES_KEPT = 50
 _PLANNED_KEPT = 500
-_PROBLEMS = (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.MISMATCH, Outcome.FAILED)
+_PROBLEMS = (
+    Outcome.UNMATCHED,
+    Outcome.AMBIGUOUS,
+    Outcome.MISMATCH,
+    Outcome.CONFLICT,
+    Outcome.FAILED,
+)
 
 Clock = Callable[[], float]
 

@@ -125,7 +125,7 @@ _CANDIDATE_UUID = "substr(c.value, 1, instr(c.value || ' ', ' ') - 1)"
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
 # States in which the service may still act on a study by itself.
-_ACTIVE = ("pending", "unmatched", "ambiguous", "mismatch", "failed")
+_ACTIVE = ("pending", "unmatched", "ambiguous", "mismatch", "conflict", "failed")
 
 
 @dataclass(frozen=True)
@@ -676,6 +676,13 @@ class Store:
             "SELECT * FROM studies WHERE study_uid = ? AND state = 'synced' AND orthanc_id != ? "
             "ORDER BY orthanc_last_update DESC, orthanc_id DESC",
             (study_uid, besides),
+        )
+        return [_row(r) for r in rows]
+
+    def superseded(self, limit: int = 1000) -> list[StudyRow]:
+        """Studies that gave way to another Orthanc identity of their UID, with the reason."""
+        rows = self._query(
+            "SELECT * FROM studies WHERE state = 'superseded' ORDER BY updated_at LIMIT ?", (limit,)
         )
         return [_row(r) for r in rows]
 

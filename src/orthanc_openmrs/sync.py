@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from orthanc_openmrs import caption as captions
-from orthanc_openmrs import demographics, matching
+from orthanc_openmrs import demographics, identities, matching
 from orthanc_openmrs.config import PatientLookup, Settings, Viewer
 from orthanc_openmrs.demographics import DEFAULT_CHECKS, Check
 from orthanc_openmrs.errors import (
@@ -180,10 +180,15 @@ class StudySync:
                 "another study"
             )
             return _result(study, Outcome.FAILED, reason, retryable=False)
-        newer = self._newer_identity(study, prior)
-        if newer:
-            reason = f"the same StudyInstanceUID is in Orthanc as the newer study {newer}"
-            return _result(study, Outcome.SUPERSEDED, reason, retryable=False)
+        verdict = self._same_uid(study, prior)
+        if verdict.relation is identities.Relation.SUPERSEDED:
+            return _result(study, Outcome.SUPERSEDED, verdict.reason, retryable=False)
+        if verdict.relation is identities.Relation.CONFLICT and verdict.other is not None:
+            both = (
+                f"{verdict.other.patient_uuid} (Orthanc study {verdict.other.orthanc_id}, "
+                f"PatientID {verdict.other.patient_id!r})",
+            )
+            return _result(study, Outcome.CONFLICT, verdict.reason, candidate_patients=both)
         patient, unmatched = self._patient(study, prior)
         if unmatched is not None:
             return unmatched
@@ -205,11 +210,14 @@ class StudySync:
         return self._upload(study, chosen, done)
 
     # -- steps -----------------------------------------------------------------------------
-    def _newer_identity(self, study: Study, prior: Prior | None) -> str:
-        """The Orthanc ID of a newer study with this UID (a corrected PatientID), if any.
+    def _same_uid(self, study: Study, prior: Prior | None) -> identities.Verdict:
+        """How this study stands towards the other Orthanc studies of its UID (identities.py).
 
-        The ledger usually knows the other identities; asking Orthanc (`/tools/lookup`) costs
-        it more than all the rest of a study's requests together, so it is the fallback."""
+        A person's link decides for them. The ledger usually knows the other identities; asking
+        Orthanc (`/tools/lookup`) costs it more than all the rest of a study's requests
+        together, so it is the fallback."""
+        if prior is not None and prior.manual_patient_uuid:
+            return identities.Verdict(identities.Relation.PROCEED)
         known = prior.same_uid if prior and prior.study_uid == study.study_uid else None
         others = (
             list(known)
@@ -218,15 +226,40 @@ class StudySync:
                 i for i in self.orthanc.lookup_study_uid(study.study_uid) if i != study.orthanc_id
             ]
         )
-        newest = ""
+        present = []
         for other_id in others:
             try:
-                other = self.orthanc.study(other_id)
+                present.append(self.orthanc.study(other_id))
             except OrthancNotFound:
-                continue
-            if (other.last_update, other.orthanc_id) > (study.last_update, study.orthanc_id):
-                newest = other.orthanc_id
-        return newest
+                continue  # left Orthanc: the survivor wins, as after a correction
+        if not present:
+            return identities.Verdict(identities.Relation.PROCEED)
+        this = self._identity(study)
+        return identities.decide(this, [self._identity(other) for other in present])
+
+    def _identity(self, study: Study) -> identities.Identity:
+        return identities.Identity(
+            orthanc_id=study.orthanc_id,
+            last_update=study.last_update,
+            patient_id=study.patient_id,
+            patient_uuid=self._matched(study),
+            made_from=self.orthanc.modified_from(study.orthanc_id),
+        )
+
+    def _matched(self, study: Study) -> str | None:
+        """The one OpenMRS patient the study's identifiers match (no demographic check), if
+        exactly one."""
+        issued = self.orthanc.issued_ids(study.orthanc_id) if self.options.issuer_types else None
+        candidates = matching.candidates(
+            study.patient_tags,
+            self.options.patient_tags,
+            self.options.identifier_types,
+            self.options.issuer_types,
+            issued,
+        )
+        hits = {value: self.patients.lookup(value) for value in matching.values(candidates)}
+        decision = matching.decide(candidates, hits)
+        return decision.patient_uuid if decision.kind is matching.MatchKind.MATCHED else None
 
     def _candidates(self, study: Study) -> tuple[str, ...]:
         return matching.candidate_ids(study.patient_tags, self.options.patient_tags)
