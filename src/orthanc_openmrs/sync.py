@@ -20,6 +20,7 @@ from orthanc_openmrs.config import PatientLookup, Settings, Viewer
 from orthanc_openmrs.demographics import DEFAULT_CHECKS, Check
 from orthanc_openmrs.errors import (
     CredentialsRefused,
+    OpenMRSError,
     OrthancNotFound,
     ServerError,
     StudyRejected,
@@ -33,7 +34,7 @@ from orthanc_openmrs.models import (
     StudyResult,
     Voided,
 )
-from orthanc_openmrs.openmrs import OpenMRSClient
+from orthanc_openmrs.openmrs import REST_MIN_SEARCH, OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.representative import Representative, RepresentativeFinder
@@ -128,7 +129,7 @@ class StudySync:
         search = (
             openmrs.find_patients_fhir
             if options.lookup is PatientLookup.FHIR
-            else openmrs.find_patients_rest
+            else self._rest_or_fhir
         )
         self.patients = patients or PatientCache(search)
         self.finder = RepresentativeFinder(
@@ -140,6 +141,23 @@ class StudySync:
         )
         self._uid_lock = uid_locks or UidLocks()
         self.rate = rate or RateLimit(options.rate_limit)
+
+    def _rest_or_fhir(self, identifier: str) -> list[OpenMRSPatient]:
+        """The REST search, or FHIR's for an identifier shorter than the REST search takes
+        (it answers nothing at all then: "no patient" would not be true)."""
+        if len(identifier) >= REST_MIN_SEARCH:
+            return self.openmrs.find_patients_rest(identifier)
+        try:
+            return self.openmrs.find_patients_fhir(identifier)
+        except OpenMRSError as exc:
+            if exc.status != 404:
+                raise
+            raise StudyRejected(
+                f"the identifier {identifier!r} cannot be looked up: OpenMRS's REST patient "
+                f"search refuses queries shorter than {REST_MIN_SEARCH} characters "
+                "(minSearchCharacters), and OpenMRS has no FHIR2 module, whose search has no "
+                "minimum"
+            ) from exc
 
     def sync(self, orthanc_id: str, prior: Prior | None = None) -> StudyResult:
         """One attempt at one study.
