@@ -41,7 +41,13 @@ def patient_id_for(name: str) -> str:
     return "RF" + hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:10].upper()
 
 
-def rewrite(path: Path, *, key: str | None = None, patient_id: str | None = None) -> RealFile:
+def rewrite(
+    path: Path,
+    *,
+    key: str | None = None,
+    patient_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> RealFile:
     """The file with its own study: UIDs and PatientID derived from `key` (its name by default).
 
     Raises whatever pydicom raises on a file it cannot read; the pixel data is left untouched,
@@ -59,6 +65,8 @@ def rewrite(path: Path, *, key: str | None = None, patient_id: str | None = None
         if "file_meta" in dir(ds) and ds.file_meta is not None:
             ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.PatientID = patient_id or patient_id_for(name)
+        for keyword, value in (tags or {}).items():
+            setattr(ds, keyword, value)
         if "SOPClassUID" not in ds:
             ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture: Orthanc needs one
         buffer = io.BytesIO()
