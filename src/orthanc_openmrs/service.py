@@ -7,6 +7,7 @@ study IDs is in flight at once.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -233,10 +234,14 @@ class Service:
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 self._record_done([(future, *inflight.pop(future)) for future in done], summary)
         except BaseException:
-            # Let the studies already in flight finish before anything else may pick them.
+            # Let the studies already in flight finish before anything else may pick them,
+            # and keep what they did (an upload, a crash charged to an instance).
             for future in inflight:
                 future.cancel()
             wait(inflight)
+            finished = [(f, *inflight[f]) for f in inflight if not f.cancelled()]
+            with contextlib.suppress(Exception):  # their own failure adds nothing to this one
+                self._record_done(finished, summary)
             raise
         if stop and stop.is_set():
             summary.interrupted = "stopped"
