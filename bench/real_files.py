@@ -78,7 +78,7 @@ def main() -> None:
             print(f"passes until one completed: {passes}; Orthanc restarted {orthanc.restarts}x")
             print(f"instances Orthanc is no longer asked to render: {len(store.not_to_render())}")
             low = [v for v in verdicts if v.correlation is not None and v.correlation < run.AGREES]
-            print(f"images below r={run.AGREES} with every reference: {len(low)}")
+            print(f"images below r={run.AGREES} with the other party's rendering: {len(low)}")
             if args.details:
                 print(run.details(verdicts))
         finally:

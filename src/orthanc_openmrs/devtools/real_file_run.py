@@ -83,9 +83,11 @@ def correlation(a: Image.Image, b: Image.Image) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def references(orthanc: OrthancServer, instance_id: str, *, ask_orthanc: bool) -> list[Image.Image]:
+def references(
+    orthanc: OrthancServer, instance_id: str, *, ask_orthanc: bool, ask_pydicom: bool
+) -> list[Image.Image]:
     """Renderings of the instance that show content: Orthanc's /preview (unless Orthanc must
-    not be asked) and pydicom's, each in its own process."""
+    not be asked) and pydicom's (in its own process)."""
     found = []
     with orthanc.client() as client:
         if ask_orthanc:
@@ -94,9 +96,10 @@ def references(orthanc: OrthancServer, instance_id: str, *, ask_orthanc: bool) -
             )
             if answer.status_code == httpx.codes.OK:
                 found.append(_image(answer.content))
-        data = client.get(f"/instances/{instance_id}/file").content
-    with contextlib.suppress(SandboxFailed):
-        found.append(decode_isolated(data))
+        data = client.get(f"/instances/{instance_id}/file").content if ask_pydicom else b""
+    if ask_pydicom:
+        with contextlib.suppress(SandboxFailed):
+            found.append(decode_isolated(data))
     return [r for r in found if measure.contrast(r).shows_something]
 
 
@@ -162,7 +165,15 @@ def judge(
                 Verdict(name, True, "card", row.preview_source, None, row.reason, black)
             )
             continue
-        refs = references(orthanc, row.instance_id, ask_orthanc=row.instance_id not in crashers)
+        # The reference is made by the other party: an image Orthanc made is compared with
+        # pydicom's rendering, one made here with Orthanc's /preview.
+        local = row.preview_source == PreviewSource.LOCAL_DECODE.value
+        refs = references(
+            orthanc,
+            row.instance_id,
+            ask_orthanc=local and row.instance_id not in crashers,
+            ask_pydicom=not local,
+        )
         corr = max((correlation(picture, r) for r in refs), default=None)
         verdicts.append(Verdict(name, True, "image", row.preview_source, corr, row.reason, black))
     return verdicts
