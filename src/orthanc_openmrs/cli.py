@@ -347,9 +347,13 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.sync_database)
     try:
         counts, rows = store.counts(), store.needing_a_person()
+        previews, crashes = store.preview_sources(), store.render_crashes()
+        superseded = store.superseded()
     finally:
         store.close()
-    report.print_status(counts, rows, as_json=args.json)
+    report.print_status(
+        counts, rows, as_json=args.json, previews=previews, crashes=crashes, superseded=superseded
+    )
     return EXIT_OK
 
 
@@ -369,10 +373,10 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_review(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.sync_database)
     try:
-        rows = store.needing_a_person()
+        rows, crashes = store.needing_a_person(), store.render_crashes()
     finally:
         store.close()
-    report.print_review(rows, as_json=args.json)
+    report.print_review(rows, as_json=args.json, crashes=crashes)
     return EXIT_OK
 
 

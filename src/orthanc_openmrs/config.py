@@ -172,6 +172,11 @@ class Settings(BaseSettings):
         description="Log lines: json (one object a line), console, or auto (json unless on a "
         "terminal)",
     )
+    sync_study_cards: bool = Field(
+        True,
+        description="Attach a card naming the study when it has no image to show (false: list "
+        "such studies with their reason instead)",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,8 @@ the foreign thing. Whether an error is worth retrying is a property of the error
     │   ├── OrthancError
     │   │   ├── OrthancAuthError
     │   │   ├── OrthancNotFound      404: the resource was deleted meanwhile
-    │   │   └── OrthancUnsupported   415: Orthanc cannot decode this image
+    │   │   ├── OrthancUnsupported   415: Orthanc cannot decode this image
+    │   │   └── RenderCrashed        Orthanc dropped the connection while rendering an instance
     │   └── OpenMRSError
     │       ├── OpenMRSAuthError
     │       └── UploadOutcomeUnknown the upload may or may not have been stored
@@ -105,6 +106,16 @@ class OrthancUnsupported(OrthancError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=415, retryable=False)
+
+
+class RenderCrashed(OrthancError):
+    """Orthanc stopped answering while it rendered this instance: its decoders crash on some
+    files (out-of-bounds reads in 1.10.1). The pass pauses as for any outage, and the instance
+    is charged in the ledger, so that Orthanc is not asked to render it again and again."""
+
+    def __init__(self, message: str, *, instance_id: str) -> None:
+        super().__init__(message, retryable=True, unavailable=True)
+        self.instance_id = instance_id
 
 
 class OpenMRSError(ServerError):

@@ -148,6 +148,16 @@ class Preview:
     filename: str
 
 
+class PreviewSource(enum.Enum):
+    """Which path made a study's attachment, for the counts a person reads in `status`."""
+
+    ORTHANC_WINDOW = "orthanc-window"  # Orthanc's /rendered with the file's own window
+    ORTHANC_FULL_RANGE = "orthanc-full-range"  # Orthanc's /preview, min to max
+    LOCAL_DECODE = "local-decode"  # decoded here with pydicom, in a limited child process
+    CARD = "card"  # no image could be made: a card naming the study
+    PDF = "pdf"  # the study's encapsulated PDF
+
+
 class Outcome(enum.Enum):
     """What one attempt at one study came to."""
 
@@ -161,6 +171,7 @@ class Outcome(enum.Enum):
     NOT_STABLE = "not stable"
     GONE = "gone"
     SUPERSEDED = "superseded"
+    CONFLICT = "conflict"  # another Orthanc study of this UID belongs to another patient
 
 
 class State(enum.Enum):
@@ -175,9 +186,13 @@ class State(enum.Enum):
     GONE = "gone"
     IGNORED = "ignored"  # a person said: leave this study alone
     SUPERSEDED = "superseded"  # the same StudyInstanceUID lives on under a newer Orthanc identity
+    # Two Orthanc studies of this UID belong to two patients, neither made from the other: a
+    # collision, not a correction. Nothing is attached or voided until a person decides or one
+    # of them leaves Orthanc.
+    CONFLICT = "conflict"
 
 
-NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH, State.FAILED)
+NEEDS_A_PERSON = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH, State.CONFLICT, State.FAILED)
 # States in which a study waits for OpenMRS to learn (or correct) its patient: a change to a
 # patient holding one of the study's identifiers is worth another attempt at once.
 WAITING = (State.UNMATCHED, State.AMBIGUOUS, State.MISMATCH)
@@ -238,6 +253,7 @@ class StudyResult:
     candidate_patients: tuple[str, ...] = ()  # "uuid display" of each matching patient
     voided: tuple[Voided, ...] = ()
     created: bool = False  # this attempt uploaded the attachment
+    preview_source: str = ""  # a PreviewSource value, when this attempt chose the file
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ from orthanc_openmrs.transport import (
 
 REST = "/ws/rest/v1"
 FHIR = "/ws/fhir2/R4"
+# OpenMRS's REST patient search answers nothing for queries shorter than the global property
+# minSearchCharacters (default 2); FHIR's identifier search has no minimum.
+REST_MIN_SEARCH = 2
 PAGE = 100  # the server's absolute maximum per page; more gives a 500
 # identifiers and names are limited to non-voided ones by the server; voided is asked for all
 # the same. The person's gender, birth date and family names are for the demographic check.

@@ -18,6 +18,7 @@ from orthanc_openmrs.errors import (
     OrthancError,
     OrthancNotFound,
     OrthancUnsupported,
+    RenderCrashed,
 )
 from orthanc_openmrs.models import (
     Change,
@@ -99,6 +100,7 @@ class OrthancClient:
         params: Mapping[str, str | int] | None = None,
         accept: str = _JSON,
         content: bytes | None = None,
+        renders: str = "",
     ) -> httpx.Response:
         for attempt in (1, 2):
             with self._lock:
@@ -107,9 +109,19 @@ class OrthancClient:
                 response = self._client.request(
                     method, path, params=params, headers={"Accept": accept}, content=content
                 )
-            except httpx.RemoteProtocolError as exc:
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.TimeoutException) as exc:
+                if renders:
+                    # Connections expire before Orthanc's idle timeout, so a render that loses
+                    # its answer is a decoder that took Orthanc down; resending would crash a
+                    # restarted Orthanc again.
+                    raise RenderCrashed(
+                        f"Orthanc stopped answering while rendering instance {renders}: {exc}",
+                        instance_id=renders,
+                    ) from exc
+                if isinstance(exc, httpx.TimeoutException):
+                    raise OrthancError(describe("Orthanc", method, path, exc)) from exc
                 # The server dropped a kept-alive connection as we reused it: safe to resend once.
-                if attempt == 2:
+                if attempt == 2 or isinstance(exc, httpx.ReadError):
                     raise OrthancError(f"Orthanc {method} {path}: {exc}") from exc
                 continue
             except httpx.HTTPError as exc:
@@ -223,6 +235,17 @@ class OrthancClient:
             series_ids=tuple(str(s) for s in data.get("Series", [])),
         )
 
+    def modified_from(self, orthanc_id: str) -> str:
+        """The study this one was made from by Orthanc's own /modify (its ModifiedFrom
+        metadata), or "" for a study received as it is."""
+        try:
+            response = self._send(
+                "GET", f"/studies/{_seg(orthanc_id)}/metadata/ModifiedFrom", accept="text/plain"
+            )
+        except OrthancNotFound:
+            return ""
+        return response.text.strip()
+
     def issued_ids(self, orthanc_id: str) -> IssuedIds:
         """Who issued the study's patient identifiers. Orthanc indexes neither
         IssuerOfPatientID nor OtherPatientIDsSequence, so they are read from the patient module
@@ -271,12 +294,44 @@ class OrthancClient:
         """
         params = {"width": max_side, "height": max_side} if max_side else None
         path = f"/instances/{_seg(instance_id)}/rendered"
-        return self._send("GET", path, params=params, accept="image/jpeg").content
+        return self._send(
+            "GET", path, params=params, accept="image/jpeg", renders=instance_id
+        ).content
 
     def preview(self, instance_id: str) -> bytes:
         """Frame 0 stretched over its full range: visible even without window tags."""
         path = f"/instances/{_seg(instance_id)}/preview"
-        return self._send("GET", path, params={"quality": 90}, accept="image/jpeg").content
+        return self._send(
+            "GET", path, params={"quality": 90}, accept="image/jpeg", renders=instance_id
+        ).content
+
+    def file(self, instance_id: str, max_bytes: int) -> bytes:
+        """The instance's DICOM file as stored, refused past max_bytes (read as it streams, so
+        a huge file never sits in memory whole)."""
+        path = f"/instances/{_seg(instance_id)}/file"
+        with self._lock:
+            self.requests += 1
+        try:
+            with self._client.stream(
+                "GET", path, headers={"Accept": "application/dicom"}
+            ) as response:
+                if response.status_code >= 300:
+                    response.read()  # the error's JSON body, for the message
+                self._check("GET", path, response)
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise OrthancError(
+                            f"Orthanc GET {path}: the file is over {max_bytes} bytes",
+                            retryable=False,
+                        )
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise OrthancError(
+                describe("Orthanc", "GET", path, exc), unavailable=unreachable(exc)
+            ) from exc
+        return b"".join(chunks)
 
     def pdf(self, instance_id: str) -> bytes:
         return self._send(

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageStat, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from orthanc_openmrs.errors import StudyRejected
+from orthanc_openmrs.render import measure
 
-# An image whose pixels span fewer grey levels than this shows nothing (the CT rendered without
-# its window comes out with values 0..4).
-_BLANK_SPREAD = 12
 _QUALITIES = (88, 80, 70, 60, 50, 40)
 
 
@@ -28,7 +26,8 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def ready_as_is(data: bytes, max_side: int, max_bytes: int) -> bool:
-    """Whether Orthanc's JPEG can be uploaded untouched: within both bounds, and not blank.
+    """Whether Orthanc's JPEG can be uploaded untouched: within both bounds, and it shows
+    something (measure.py).
 
     Only a reduced-scale decode is needed to tell (JPEG decoders can skip detail), which saves
     a full decode and re-encode per study.
@@ -39,20 +38,13 @@ def ready_as_is(data: bytes, max_side: int, max_bytes: int) -> bool:
         image = Image.open(io.BytesIO(data))
         if image.format != "JPEG" or max(image.size) > max_side:
             return False
-        image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))
+        # Reduced, but not below 128 pixels: at 1/8 a small picture's texture averages out.
+        scale = max(1, min(8, max(image.size) // 128))
+        image.draft("L", (max(1, image.width // scale), max(1, image.height // scale)))
         image.load()
     except (UnidentifiedImageError, OSError, ValueError):
         return False
-    return not is_blank(image)
-
-
-def is_blank(image: Image.Image) -> bool:
-    """True when the picture has (almost) no contrast: nothing a clinician could recognise."""
-    grey = image.convert("L")
-    low, high = grey.getextrema()
-    if float(high) - float(low) < _BLANK_SPREAD:  # type: ignore[arg-type]
-        return True
-    return float(ImageStat.Stat(grey).stddev[0]) < 1.0
+    return measure.contrast(image).shows_something
 
 
 def fit_jpeg(image: Image.Image, max_side: int, max_bytes: int) -> bytes:

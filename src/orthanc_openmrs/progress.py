@@ -24,6 +24,7 @@ _SHORT = {
     Outcome.NOT_STABLE: "waiting",
     Outcome.GONE: "gone",
     Outcome.SUPERSEDED: "superseded",
+    Outcome.CONFLICT: "conflict",
 }
 
 

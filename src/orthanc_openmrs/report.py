@@ -10,7 +10,7 @@ from typing import Any
 
 from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State, StudyResult
 from orthanc_openmrs.service import PassSummary
-from orthanc_openmrs.store import AuditRow, StudyRow
+from orthanc_openmrs.store import RENDER_CRASH_LIMIT, AuditRow, RenderCrash, StudyRow
 
 
 def summary_json(
@@ -86,12 +86,48 @@ def review_item(r: StudyRow) -> dict[str, Any]:
     }
 
 
-def print_status(counts: dict[State, int], rows: Sequence[StudyRow], *, as_json: bool) -> None:
+def _crash_json(c: RenderCrash) -> dict[str, Any]:
+    return {
+        "instance_id": c.instance_id,
+        "orthanc_id": c.orthanc_id,
+        "crashes": c.crashes,
+        "rendered_by_orthanc": c.crashes < RENDER_CRASH_LIMIT,
+    }
+
+
+def _print_crashes(crashes: Sequence[RenderCrash]) -> None:
+    if not crashes:
+        return
+    print("\nInstances Orthanc stopped answering while rendering:")
+    for c in crashes:
+        after = (
+            "decoded here from now on, never by Orthanc"
+            if c.crashes >= RENDER_CRASH_LIMIT
+            else "Orthanc may try it once more"
+        )
+        print(f"  instance {c.instance_id} (study {c.orthanc_id}): {c.crashes}x; {after}")
+
+
+def print_status(
+    counts: dict[State, int],
+    rows: Sequence[StudyRow],
+    *,
+    as_json: bool,
+    previews: dict[str, int] | None = None,
+    crashes: Sequence[RenderCrash] = (),
+    superseded: Sequence[StudyRow] = (),
+) -> None:
     if as_json:
         print(
             json.dumps(
                 {
                     "counts": {state.value: n for state, n in counts.items()},
+                    "previews": previews or {},
+                    "render_crashes": [_crash_json(c) for c in crashes],
+                    "superseded": [
+                        {"orthanc_id": r.orthanc_id, "study_uid": r.study_uid, "reason": r.reason}
+                        for r in superseded
+                    ],
                     "needs_a_person": [
                         {
                             "orthanc_id": r.orthanc_id,
@@ -112,6 +148,16 @@ def print_status(counts: dict[State, int], rows: Sequence[StudyRow], *, as_json:
     print("Studies by state:")
     for state in State:
         print(f"  {state.value:<11}{counts[state]:>8}")
+    if previews:
+        print("\nAttached previews by how they were made:")
+        for source, n in sorted(previews.items()):
+            print(f"  {source:<19}{n:>8}")
+    _print_crashes(crashes)
+    if superseded:
+        print("\nSuperseded (the chart shows another Orthanc study of the same UID):")
+        for r in superseded:
+            print(f"  {r.study_uid or r.orthanc_id} (Orthanc {r.orthanc_id})")
+            print(f"             {r.reason}")
     needing = [r for r in rows if r.state in NEEDS_A_PERSON]
     if needing:
         print("\nNeeding a person (details: orthanc-openmrs review):")
@@ -121,11 +167,13 @@ def print_status(counts: dict[State, int], rows: Sequence[StudyRow], *, as_json:
             print(f"             {r.reason}")
 
 
-def print_review(rows: Sequence[StudyRow], *, as_json: bool) -> None:
+def print_review(
+    rows: Sequence[StudyRow], *, as_json: bool, crashes: Sequence[RenderCrash] = ()
+) -> None:
     if as_json:
         print(json.dumps([review_item(r) for r in rows], indent=2))
         return
-    if not rows:
+    if not rows and not crashes:
         print("Nothing needs a person.")
     for r in rows:
         print(f"{r.state.value.upper()}  {r.study_uid or r.orthanc_id}  (Orthanc {r.orthanc_id})")
@@ -141,6 +189,7 @@ def print_review(rows: Sequence[StudyRow], *, as_json: bool) -> None:
             f"  decide:   orthanc-openmrs link {r.orthanc_id} PATIENT_UUID  |  "
             f"retry {r.orthanc_id}  |  ignore {r.orthanc_id}\n"
         )
+    _print_crashes(crashes)
 
 
 def print_audit(rows: Sequence[AuditRow], *, as_json: bool) -> None:

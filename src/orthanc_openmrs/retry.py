@@ -51,6 +51,9 @@ def plan(result: StudyResult, attempts: int, now: float, backoff: Backoff, jitte
             return Plan(State.GONE, None)
         case Outcome.SUPERSEDED:
             return Plan(State.SUPERSEDED, None)
+        case Outcome.CONFLICT:
+            # Tried again: once one of the two identities leaves Orthanc, the survivor wins.
+            return Plan(State.CONFLICT, later)
         case Outcome.UNMATCHED:
             return Plan(State.UNMATCHED, later)
         case Outcome.AMBIGUOUS:

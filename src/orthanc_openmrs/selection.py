@@ -118,3 +118,19 @@ def has_window(tags: InstanceTags) -> bool:
             return False
     width = float(tags.window_width.split("\\")[0]) if tags.window_width else 0.0
     return width > 0
+
+
+# Orthanc 1.10.1 allocates the whole frame before rendering: a file claiming 65535 x 65535
+# pixels makes it work for minutes or die. Past this, Orthanc is not asked (decode.py has the
+# same bound, and refuses such frames with a reason).
+MAX_RENDER_SIDE = 16384
+MAX_RENDER_PIXELS = 64 * 1024 * 1024
+
+
+def plausible_size(tags: InstanceTags) -> bool:
+    rows, columns = tags.rows or 0, tags.columns or 0
+    return (
+        0 < rows <= MAX_RENDER_SIDE
+        and 0 < columns <= MAX_RENDER_SIDE
+        and (rows * columns <= MAX_RENDER_PIXELS)
+    )

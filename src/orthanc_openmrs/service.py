@@ -29,6 +29,7 @@ from orthanc_openmrs.errors import (
     ConfigError,
     CredentialsRefused,
     LeaseHeld,
+    RenderCrashed,
     ServerError,
     StoreError,
 )
@@ -49,7 +50,13 @@ log = structlog.get_logger("orthanc_openmrs")
 CHANGES_PAGE = 1000
 _EXAMPLES_KEPT = 50
 _PLANNED_KEPT = 500
-_PROBLEMS = (Outcome.UNMATCHED, Outcome.AMBIGUOUS, Outcome.MISMATCH, Outcome.FAILED)
+_PROBLEMS = (
+    Outcome.UNMATCHED,
+    Outcome.AMBIGUOUS,
+    Outcome.MISMATCH,
+    Outcome.CONFLICT,
+    Outcome.FAILED,
+)
 # How long a person's command waits for another process to finish with a study: one attempt,
 # queued behind a batch of others, takes seconds; a lease left by a killed process, longer.
 LEASE_WAIT = 30.0
@@ -126,6 +133,8 @@ class Service:
         # passes in `run`.
         self._uid_locks = UidLocks()
         self._rate = RateLimit(sync_options.rate_limit)
+        # Instances Orthanc crashed on, read by the workers; replaced whole, never mutated.
+        self._not_to_render = store.not_to_render()
 
     # -- discovery -------------------------------------------------------------------------
     def discover(self) -> int:
@@ -250,10 +259,14 @@ class Service:
                     self._renew(inflight)
                     renewed = self._clock()
         except BaseException:
-            # Let the studies already in flight finish before anything else may pick them.
+            # Let the studies already in flight finish before anything else may pick them,
+            # and keep what they did (an upload, a crash charged to an instance).
             for future in inflight:
                 future.cancel()
             wait(inflight)
+            finished = [(f, *inflight[f]) for f in inflight if not f.cancelled()]
+            with contextlib.suppress(Exception):  # their own failure adds nothing to this one
+                self._record_done(finished, summary)
             with contextlib.suppress(StoreError):  # unreleased leases run out by themselves
                 self.store.release(row.orthanc_id for row, _ in inflight.values())
             raise
@@ -337,6 +350,7 @@ class Service:
             self.sync_options,
             rate=self._rate,
             uid_locks=self._uid_locks,
+            may_render=lambda instance_id: instance_id not in self._not_to_render,
         )
 
     # -- recording -------------------------------------------------------------------------
@@ -350,6 +364,10 @@ class Service:
             for future, claimed, prior in done:
                 try:
                     result = future.result()
+                except RenderCrashed as exc:
+                    self._charge(exc, claimed.orthanc_id)
+                    failure = failure or exc
+                    continue
                 except BaseException as exc:
                     failure = failure or exc
                     self.store.release([claimed.orthanc_id])
@@ -397,6 +415,19 @@ class Service:
         if decision.state is State.SYNCED and (prior is None or prior.same_uid != ()):
             self.upkeep.supersede_others(result)
         self._report(result)
+
+    def _charge(self, crash: RenderCrashed, orthanc_id: str) -> None:
+        """Orthanc went down while rendering an instance: count it against the instance, so
+        that its decoders are not handed the same file in a loop."""
+        crashes = self.store.charge_render_crash(crash.instance_id, orthanc_id, self._clock())
+        self._not_to_render = self.store.not_to_render()
+        log.error(
+            "orthanc.render_crashed",
+            instance_id=crash.instance_id,
+            orthanc_id=orthanc_id,
+            crashes=crashes,
+            rendered_by_orthanc_again=crash.instance_id not in self._not_to_render,
+        )
 
     def _report(self, result: StudyResult) -> None:
         event = "study." + result.outcome.value.replace(" ", "_")
@@ -448,7 +479,11 @@ class Service:
                 f"{row.state.value}: {row.reason}",
                 study_uid=row.study_uid,
             )
-        result = syncer.sync(orthanc_id, row.prior if row else None)
+        try:
+            result = syncer.sync(orthanc_id, row.prior if row else None)
+        except RenderCrashed as exc:
+            self._charge(exc, orthanc_id)
+            raise
         # In one transaction with the lease's end, as in a pass: no other process can pick up
         # an older identity between this study's result and its supersession.
         with self.store.batch():

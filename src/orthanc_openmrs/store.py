@@ -118,15 +118,30 @@ _MIGRATIONS: dict[int, str] = {
         until REAL NOT NULL
     );
     """,
+    3: """
+    -- Which path made the attachment (models.PreviewSource), for the counts in `status`.
+    ALTER TABLE studies ADD COLUMN preview_source TEXT NOT NULL DEFAULT '';
+    -- Instances during whose rendering Orthanc stopped answering (its decoders crash on some
+    -- files): past RENDER_CRASH_LIMIT, Orthanc is not asked to render them again.
+    CREATE TABLE render_crashes (
+        instance_id TEXT PRIMARY KEY,
+        orthanc_id  TEXT NOT NULL,
+        crashes     INTEGER NOT NULL,
+        first_at    REAL NOT NULL,
+        last_at     REAL NOT NULL
+    );
+    """,
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
+# Orthanc may drop one render for a reason of its own; the second time it is the file.
+RENDER_CRASH_LIMIT = 2
 
 # A candidate patient is stored as "uuid display": its uuid, in SQL.
 _CANDIDATE_UUID = "substr(c.value, 1, instr(c.value || ' ', ' ') - 1)"
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
 # States in which the service may still act on a study by itself.
-_ACTIVE = ("pending", "unmatched", "ambiguous", "mismatch", "failed")
+_ACTIVE = ("pending", "unmatched", "ambiguous", "mismatch", "conflict", "failed")
 
 # Due for an attempt, not tried since the pass began, not leased (or its lease has run out),
 # and no other identity of its StudyInstanceUID leased by another process whose lease runs.
@@ -182,6 +197,7 @@ class StudyRow:
     next_attempt_at: float | None
     updated_at: float
     orthanc_last_update: str
+    preview_source: str = ""
 
     @property
     def prior(self) -> Prior:
@@ -193,6 +209,14 @@ class StudyRow:
             manual_patient_uuid=self.manual_patient_uuid,
             study_uid=self.study_uid,
         )
+
+
+@dataclass(frozen=True)
+class RenderCrash:
+    instance_id: str
+    orthanc_id: str  # the study being synced when it happened
+    crashes: int
+    last_at: float
 
 
 @dataclass(frozen=True)
@@ -608,6 +632,7 @@ class Store:
                     attachment_uuid = COALESCE(NULLIF(:attachment, ''), attachment_uuid),
                     instance_id = COALESCE(NULLIF(:instance, ''), instance_id),
                     caption = COALESCE(NULLIF(:caption, ''), caption),
+                    preview_source = COALESCE(NULLIF(:source, ''), preview_source),
                     synced_at = CASE WHEN :state = 'synced' THEN :now ELSE synced_at END
                 WHERE orthanc_id = :id""",
                 {
@@ -630,6 +655,7 @@ class Store:
                     "attachment": result.attachment_uuid,
                     "instance": result.instance_id,
                     "caption": result.caption,
+                    "source": result.preview_source,
                     "id": result.orthanc_id,
                     "me": self.owner,
                 },
@@ -866,6 +892,13 @@ class Store:
         )
         return [_row(r) for r in rows]
 
+    def superseded(self, limit: int = 1000) -> list[StudyRow]:
+        """Studies that gave way to another Orthanc identity of their UID, with the reason."""
+        rows = self._query(
+            "SELECT * FROM studies WHERE state = 'superseded' ORDER BY updated_at LIMIT ?", (limit,)
+        )
+        return [_row(r) for r in rows]
+
     def uids_synced_twice(self) -> list[str]:
         rows = self._query(
             "SELECT study_uid FROM studies WHERE state = 'synced' AND study_uid != '' "
@@ -904,6 +937,44 @@ class Store:
             (*(s.value for s in NEEDS_A_PERSON), limit),
         )
         return [_row(r) for r in rows]
+
+    # -- previews --------------------------------------------------------------------------
+    def charge_render_crash(self, instance_id: str, orthanc_id: str, now: float) -> int:
+        """Orthanc stopped answering while rendering this instance: how often it has now."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO render_crashes (instance_id, orthanc_id, crashes, first_at, last_at) "
+                "VALUES (?, ?, 1, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
+                "crashes = crashes + 1, last_at = excluded.last_at, "
+                "orthanc_id = excluded.orthanc_id",
+                (instance_id, orthanc_id, now, now),
+            )
+            row = db.execute(
+                "SELECT crashes FROM render_crashes WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def not_to_render(self) -> frozenset[str]:
+        """Instances Orthanc must not be asked to render again."""
+        rows = self._query(
+            "SELECT instance_id FROM render_crashes WHERE crashes >= ?", (RENDER_CRASH_LIMIT,)
+        )
+        return frozenset(r["instance_id"] for r in rows)
+
+    def render_crashes(self) -> list[RenderCrash]:
+        rows = self._query("SELECT * FROM render_crashes ORDER BY last_at")
+        return [
+            RenderCrash(r["instance_id"], r["orthanc_id"], int(r["crashes"]), float(r["last_at"]))
+            for r in rows
+        ]
+
+    def preview_sources(self) -> dict[str, int]:
+        """How many attached studies' previews came from each path."""
+        rows = self._query(
+            "SELECT preview_source, COUNT(*) AS n FROM studies "
+            "WHERE state = 'synced' AND preview_source != '' GROUP BY preview_source"
+        )
+        return {r["preview_source"]: int(r["n"]) for r in rows}
 
     def audit(self, reference: str | None = None) -> list[AuditRow]:
         sql, params = "SELECT * FROM audit", tuple[str, ...]()
@@ -971,4 +1042,5 @@ def _row(r: sqlite3.Row) -> StudyRow:
         next_attempt_at=r["next_attempt_at"],
         updated_at=float(r["updated_at"]),
         orthanc_last_update=r["orthanc_last_update"],
+        preview_source=r["preview_source"],
     )

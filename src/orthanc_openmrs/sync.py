@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from orthanc_openmrs import caption as captions
-from orthanc_openmrs import demographics, matching
+from orthanc_openmrs import demographics, identities, matching
 from orthanc_openmrs.config import PatientLookup, Settings, Viewer
 from orthanc_openmrs.demographics import DEFAULT_CHECKS, Check
 from orthanc_openmrs.errors import (
     CredentialsRefused,
+    OpenMRSError,
     OrthancNotFound,
     ServerError,
     StudyRejected,
@@ -33,7 +34,7 @@ from orthanc_openmrs.models import (
     StudyResult,
     Voided,
 )
-from orthanc_openmrs.openmrs import OpenMRSClient
+from orthanc_openmrs.openmrs import REST_MIN_SEARCH, OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.pacing import RateLimit
 from orthanc_openmrs.representative import Representative, RepresentativeFinder
@@ -54,6 +55,7 @@ class SyncOptions:
     # IssuerOfPatientID -> the one identifier type its identifiers may equal (empty: off)
     issuer_types: Mapping[str, str] = field(default_factory=dict)
     demographic_checks: frozenset[Check] = DEFAULT_CHECKS
+    study_cards: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> SyncOptions:
@@ -70,6 +72,7 @@ class SyncOptions:
             rate_limit=settings.sync_rate_limit,
             issuer_types=settings.issuer_types,
             demographic_checks=settings.demographic_checks,
+            study_cards=settings.sync_study_cards,
         )
 
 
@@ -118,6 +121,7 @@ class StudySync:
         patients: PatientCache | None = None,
         rate: RateLimit | None = None,
         uid_locks: UidLocks | None = None,
+        may_render: Callable[[str], bool] = lambda _instance: True,
     ) -> None:
         self.orthanc = orthanc
         self.openmrs = openmrs
@@ -125,12 +129,35 @@ class StudySync:
         search = (
             openmrs.find_patients_fhir
             if options.lookup is PatientLookup.FHIR
-            else openmrs.find_patients_rest
+            else self._rest_or_fhir
         )
         self.patients = patients or PatientCache(search)
-        self.finder = RepresentativeFinder(orthanc, options.max_side, options.max_bytes)
+        self.finder = RepresentativeFinder(
+            orthanc,
+            options.max_side,
+            options.max_bytes,
+            cards=options.study_cards,
+            may_render=may_render,
+        )
         self._uid_lock = uid_locks or UidLocks()
         self.rate = rate or RateLimit(options.rate_limit)
+
+    def _rest_or_fhir(self, identifier: str) -> list[OpenMRSPatient]:
+        """The REST search, or FHIR's for an identifier shorter than the REST search takes
+        (it answers nothing at all then: "no patient" would not be true)."""
+        if len(identifier) >= REST_MIN_SEARCH:
+            return self.openmrs.find_patients_rest(identifier)
+        try:
+            return self.openmrs.find_patients_fhir(identifier)
+        except OpenMRSError as exc:
+            if exc.status != 404:
+                raise
+            raise StudyRejected(
+                f"the identifier {identifier!r} cannot be looked up: OpenMRS's REST patient "
+                f"search refuses queries shorter than {REST_MIN_SEARCH} characters "
+                "(minSearchCharacters), and OpenMRS has no FHIR2 module, whose search has no "
+                "minimum"
+            ) from exc
 
     def sync(self, orthanc_id: str, prior: Prior | None = None) -> StudyResult:
         """One attempt at one study.
@@ -171,10 +198,15 @@ class StudySync:
                 "another study"
             )
             return _result(study, Outcome.FAILED, reason, retryable=False)
-        newer = self._newer_identity(study, prior)
-        if newer:
-            reason = f"the same StudyInstanceUID is in Orthanc as the newer study {newer}"
-            return _result(study, Outcome.SUPERSEDED, reason, retryable=False)
+        verdict = self._same_uid(study, prior)
+        if verdict.relation is identities.Relation.SUPERSEDED:
+            return _result(study, Outcome.SUPERSEDED, verdict.reason, retryable=False)
+        if verdict.relation is identities.Relation.CONFLICT and verdict.other is not None:
+            both = (
+                f"{verdict.other.patient_uuid} (Orthanc study {verdict.other.orthanc_id}, "
+                f"PatientID {verdict.other.patient_id!r})",
+            )
+            return _result(study, Outcome.CONFLICT, verdict.reason, candidate_patients=both)
         patient, unmatched = self._patient(study, prior)
         if unmatched is not None:
             return unmatched
@@ -196,11 +228,14 @@ class StudySync:
         return self._upload(study, chosen, done)
 
     # -- steps -----------------------------------------------------------------------------
-    def _newer_identity(self, study: Study, prior: Prior | None) -> str:
-        """The Orthanc ID of a newer study with this UID (a corrected PatientID), if any.
+    def _same_uid(self, study: Study, prior: Prior | None) -> identities.Verdict:
+        """How this study stands towards the other Orthanc studies of its UID (identities.py).
 
-        The ledger usually knows the other identities; asking Orthanc (`/tools/lookup`) costs
-        it more than all the rest of a study's requests together, so it is the fallback."""
+        A person's link decides for them. The ledger usually knows the other identities; asking
+        Orthanc (`/tools/lookup`) costs it more than all the rest of a study's requests
+        together, so it is the fallback."""
+        if prior is not None and prior.manual_patient_uuid:
+            return identities.Verdict(identities.Relation.PROCEED)
         known = prior.same_uid if prior and prior.study_uid == study.study_uid else None
         others = (
             list(known)
@@ -209,15 +244,40 @@ class StudySync:
                 i for i in self.orthanc.lookup_study_uid(study.study_uid) if i != study.orthanc_id
             ]
         )
-        newest = ""
+        present = []
         for other_id in others:
             try:
-                other = self.orthanc.study(other_id)
+                present.append(self.orthanc.study(other_id))
             except OrthancNotFound:
-                continue
-            if (other.last_update, other.orthanc_id) > (study.last_update, study.orthanc_id):
-                newest = other.orthanc_id
-        return newest
+                continue  # left Orthanc: the survivor wins, as after a correction
+        if not present:
+            return identities.Verdict(identities.Relation.PROCEED)
+        this = self._identity(study)
+        return identities.decide(this, [self._identity(other) for other in present])
+
+    def _identity(self, study: Study) -> identities.Identity:
+        return identities.Identity(
+            orthanc_id=study.orthanc_id,
+            last_update=study.last_update,
+            patient_id=study.patient_id,
+            patient_uuid=self._matched(study),
+            made_from=self.orthanc.modified_from(study.orthanc_id),
+        )
+
+    def _matched(self, study: Study) -> str | None:
+        """The one OpenMRS patient the study's identifiers match (no demographic check), if
+        exactly one."""
+        issued = self.orthanc.issued_ids(study.orthanc_id) if self.options.issuer_types else None
+        candidates = matching.candidates(
+            study.patient_tags,
+            self.options.patient_tags,
+            self.options.identifier_types,
+            self.options.issuer_types,
+            issued,
+        )
+        hits = {value: self.patients.lookup(value) for value in matching.values(candidates)}
+        decision = matching.decide(candidates, hits)
+        return decision.patient_uuid if decision.kind is matching.MatchKind.MATCHED else None
 
     def _candidates(self, study: Study) -> tuple[str, ...]:
         return matching.candidate_ids(study.patient_tags, self.options.patient_tags)
@@ -267,10 +327,7 @@ class StudySync:
         ]
 
     def _representative(self, study: Study) -> Representative:
-        chosen = self.finder.find(study.orthanc_id)
-        if chosen is None:
-            raise StudyRejected("no series holds an image Orthanc can render, nor a PDF")
-        return chosen
+        return self.finder.find(study)
 
     def _planned(self, study: Study, patient: str, chosen: Representative) -> StudyResult:
         link = captions.viewer_link(
@@ -283,13 +340,15 @@ class StudySync:
         text = captions.build_caption(link, chosen.modalities, study.study_date, study.description)
         if text is None:
             raise StudyRejected(f"the viewer link alone is over 255 characters: {link}")
+        how = f"attached ({chosen.source.value}: {chosen.note})" if chosen.note else "attached"
         return _result(
             study,
             Outcome.SYNCED,
-            "attached",
+            how,
             patient_uuid=patient,
             instance_id=chosen.instance_id,
             caption=text,
+            preview_source=chosen.source.value,
         )
 
     def _upload(self, study: Study, chosen: Representative, done: StudyResult) -> StudyResult:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from test_cli import _clean_environment
 
-from orthanc_openmrs.devtools.sample import SAMPLE_STUDIES
+from orthanc_openmrs.devtools.sample import REAL_SAMPLES, SAMPLE_STUDIES
 
 
 def test_sample_run_syncs_the_sample_studies(tmp_path: Path) -> None:
@@ -25,12 +25,13 @@ def test_sample_run_syncs_the_sample_studies(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     checks = [line for line in done.stdout.splitlines() if line.startswith(("  ok ", "  BAD"))]
-    assert len(checks) == len(SAMPLE_STUDIES)
+    assert len(checks) == len(SAMPLE_STUDIES) + len(REAL_SAMPLES)
     assert all(line.startswith("  ok ") for line in checks)
-    assert "synced              5" in done.stdout
+    assert "synced              8" in done.stdout
     assert "Pass complete: 0 studies looked at" in done.stdout
     registered = done.stdout.split("A clerk registers", 1)[1]
     assert "Pass complete: 1 studies looked at" in registered
     assert "synced              1" in registered
-    assert len(list((output / "previews").iterdir())) == 5
+    assert len(list((output / "previews").iterdir())) == 8
+    assert "decoded here (local-decode)" in done.stdout
     assert (output / "orthanc-openmrs.sqlite3").exists()

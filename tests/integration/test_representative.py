@@ -10,7 +10,7 @@ from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, Stu
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 from orthanc_openmrs.models import Outcome, State
-from orthanc_openmrs.preview import is_blank
+from orthanc_openmrs.render.measure import contrast
 from support import image, instance_id, ledger, load, settings_for, sync_pass
 
 
@@ -120,8 +120,8 @@ def test_pdf_only_study_attaches_the_pdf(orthanc, openmrs, database) -> None:
     assert attachment.filename.endswith(".pdf")
 
 
-def test_undecodable_instance_falls_back_to_the_next_series(orthanc, openmrs, database) -> None:
-    """When Orthanc cannot decode series 1 (415), the next series is used."""
+def test_instance_orthanc_cannot_decode_is_decoded_here(orthanc, openmrs, database) -> None:
+    """When Orthanc answers 415 for series 1 (uncompressed YBR_FULL_422), pydicom decodes it."""
     spec = StudySpec(
         "undecodable",
         series=(
@@ -130,30 +130,47 @@ def test_undecodable_instance_falls_back_to_the_next_series(orthanc, openmrs, da
         ),
     )
     chosen, _ = _chosen(orthanc, openmrs, database, spec)
-    assert chosen == instance_id(orthanc, sop_uid(spec, 1, 0))
+    assert chosen == instance_id(orthanc, sop_uid(spec, 0, 0))
+    row = ledger(settings_for(orthanc, openmrs, database)).all_studies()[0]
+    assert row.preview_source == "local-decode"
+    (attachment,) = openmrs.attachments()
+    assert contrast(image(attachment.data)).shows_something
 
 
-def test_only_undecodable_images_fail_with_reason(orthanc, openmrs, database) -> None:
-    """Every instance 415 and no PDF: failed with a reason, not retried, nothing uploaded."""
-    spec = StudySpec(
-        "nothing",
-        series=(
-            SeriesSpec(
-                1,
-                modality="OT",
-                instances=(InstanceSpec("undecodable", 1), InstanceSpec("undecodable", 2)),
-            ),
-        ),
+def _report_only() -> StudySpec:
+    return StudySpec(
+        "report", series=(SeriesSpec(1, modality="SR", instances=(InstanceSpec("sr", 1),)),)
     )
+
+
+def test_study_without_images_gets_a_card(orthanc, openmrs, database) -> None:
+    """A study holding only an SR is attached as a study card, captioned with its link."""
+    spec = _report_only()
     openmrs.add_patient([spec.patient_id])
     ids = load(orthanc, spec)
     settings = settings_for(orthanc, openmrs, database)
-    summary = sync_pass(settings)
-    assert summary.counts[Outcome.FAILED] == 1
-    row = ledger(settings).get(ids["nothing"])
+    assert sync_pass(settings).counts[Outcome.SYNCED] == 1
+    row = ledger(settings).get(ids["report"])
+    assert row is not None
+    assert row.preview_source == "card"
+    assert "no image series (only SR)" in row.reason
+    (attachment,) = openmrs.attachments()
+    assert attachment.mime_type == "image/jpeg"
+    assert contrast(image(attachment.data)).shows_something
+    assert "stone-webviewer" in (attachment.comment or "")
+
+
+def test_without_cards_a_study_without_images_is_listed(orthanc, openmrs, database) -> None:
+    """SYNC_STUDY_CARDS=false: the SR-only study fails with its reason, not retried."""
+    spec = _report_only()
+    openmrs.add_patient([spec.patient_id])
+    ids = load(orthanc, spec)
+    settings = settings_for(orthanc, openmrs, database, sync_study_cards=False)
+    assert sync_pass(settings).counts[Outcome.FAILED] == 1
+    row = ledger(settings).get(ids["report"])
     assert row is not None
     assert row.state is State.FAILED
-    assert "no series holds an image" in row.reason
+    assert row.reason == "no image series (only SR); study cards are off (SYNC_STUDY_CARDS)"
     assert row.next_attempt_at is None
     assert openmrs.attachments() == []
 
@@ -183,7 +200,7 @@ def test_ct_without_window_is_not_blank(orthanc, openmrs, database) -> None:
     )
     _chosen(orthanc, openmrs, database, spec)
     (attachment,) = openmrs.attachments()
-    assert not is_blank(image(attachment.data))
+    assert contrast(image(attachment.data)).shows_something
 
 
 def test_windowed_ct_preview_is_not_blank(orthanc, openmrs, database) -> None:
@@ -191,7 +208,7 @@ def test_windowed_ct_preview_is_not_blank(orthanc, openmrs, database) -> None:
     spec = StudySpec("window", series=(SeriesSpec(1, instances=_ct(1)),))
     _chosen(orthanc, openmrs, database, spec)
     (attachment,) = openmrs.attachments()
-    assert not is_blank(image(attachment.data))
+    assert contrast(image(attachment.data)).shows_something
 
 
 def test_large_16_bit_image_stays_under_the_size_bound(orthanc, openmrs, database) -> None:

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from orthanc_openmrs.errors import StudyRejected
-from orthanc_openmrs.preview import fit_jpeg, is_blank, open_image, ready_as_is
+from orthanc_openmrs.preview import fit_jpeg, open_image, ready_as_is
+from orthanc_openmrs.render.measure import contrast
 
 
 def _noise(width: int, height: int, seed: int = 1) -> Image.Image:
@@ -20,12 +21,26 @@ def _noise(width: int, height: int, seed: int = 1) -> Image.Image:
 def test_dark_low_contrast_image_is_blank() -> None:
     """Pixel values 0..4 (a CT rendered without its window) count as blank."""
     image = Image.frombytes("L", (32, 32), bytes(i % 5 for i in range(32 * 32)))
-    assert is_blank(image)
+    assert contrast(image).blank
+
+
+def test_sliver_of_the_grey_scale_shows_nothing() -> None:
+    """Grey values 0..47 of 255 (Orthanc's window of a signed 16-bit MR) show too little."""
+    image = Image.frombytes("L", (48, 48), bytes(i % 48 for i in range(48 * 48)))
+    assert not contrast(image).blank
+    assert not contrast(image).shows_something
+
+
+def test_one_bright_pixel_does_not_make_contrast() -> None:
+    """A black picture with one white pixel spans 0..255 but shows nothing: percentiles count."""
+    image = Image.new("L", (64, 64), 0)
+    image.putpixel((3, 3), 255)
+    assert contrast(image).blank
 
 
 def test_textured_image_is_not_blank() -> None:
-    """An image with real contrast is not blank."""
-    assert not is_blank(_noise(32, 32))
+    """An image with real contrast shows something."""
+    assert contrast(_noise(32, 32)).shows_something
 
 
 def test_fit_jpeg_bounds_pixels_and_bytes() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from orthanc_openmrs.devtools.dicom_factory import build_study, study_uid
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble, StoredAttachment
 from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.devtools.sample import SAMPLE_STUDIES, seed_patients
+from orthanc_openmrs.devtools.sample import REAL_SAMPLES, SAMPLE_STUDIES, seed_patients
 from orthanc_openmrs.store import Store
 
 PUBLIC_URL = "https://pacs.example.org"
@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 def _load(orthanc: OrthancServer) -> None:
     started = time.monotonic()
     files = [data for sample in SAMPLE_STUDIES for data in build_study(sample.spec)]
+    files += [sample.build().data for sample in REAL_SAMPLES]
     orthanc.upload_many(files)
     orthanc.wait_until_stable()
     took = time.monotonic() - started
-    print(f"Loaded {len(SAMPLE_STUDIES)} sample studies ({len(files)} instances) in {took:.1f} s")
+    count = len(SAMPLE_STUDIES) + len(REAL_SAMPLES)
+    print(f"Loaded {count} sample studies ({len(files)} instances) in {took:.1f} s")
 
 
 def _environment(orthanc: OrthancServer, openmrs: OpenMRSDouble, output: Path) -> dict[str, str]:
@@ -135,12 +137,20 @@ def _check_outcomes(output: Path) -> int:
     failures = 0
     try:
         rows = {row.dicom_patient_id + "|" + row.study_uid: row for row in store.all_studies()}
-        for sample in SAMPLE_STUDIES:
-            row = rows.get(sample.spec.patient_id + "|" + study_uid(sample.spec))
+        expected = [
+            (s.spec.patient_id + "|" + study_uid(s.spec), s.shows, s.expected)
+            for s in SAMPLE_STUDIES
+        ]
+        for real in REAL_SAMPLES:
+            built = real.build()
+            expected.append((built.patient_id + "|" + built.study_uid, real.shows, real.expected))
+        for key, shows, wanted in expected:
+            row = rows.get(key)
             state = row.state.value if row else "missing"
-            ok = state == sample.expected
+            ok = state == wanted
             failures += not ok
-            print(f"  {'ok ' if ok else 'BAD'} {state:<10} {sample.shows}")
+            how = f" ({row.preview_source})" if row and row.preview_source else ""
+            print(f"  {'ok ' if ok else 'BAD'} {state:<10} {shows}{how}")
             if row and row.reason and state != "synced":
                 print(f"               reason: {row.reason}")
     finally:

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -69,6 +70,11 @@ class OrthancServer:
         self.port = port if port is not None else free_tcp_port()
         self.gdcm = gdcm
         self._process: subprocess.Popen[bytes] | None = None
+        self._supervisor: threading.Thread | None = None
+        self._supervising = threading.Event()
+        self._stopping = threading.Event()
+        self._lifecycle = threading.RLock()  # the supervisor and crash() never cross
+        self.restarts = 0  # how often supervise() brought it back after it died
 
     @property
     def url(self) -> str:
@@ -159,8 +165,37 @@ class OrthancServer:
         except httpx.TransportError:
             return False
 
+    def supervise(self) -> None:
+        """Start Orthanc again whenever it dies, as a service manager would (Orthanc 1.10.1's
+        decoders crash on some files); stop() and kill() end the supervision."""
+        if self._supervisor is not None:
+            return
+        self._supervising.set()
+        self._supervisor = threading.Thread(target=self._keep_up, daemon=True)
+        self._supervisor.start()
+
+    def _keep_up(self) -> None:
+        while self._supervising.is_set() and not self._stopping.is_set():
+            with self._lifecycle:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    self._forget()
+                    with contextlib.suppress(OrthancServerError):
+                        self.start()
+                        self.restarts += 1
+            time.sleep(_POLL_INTERVAL)
+
+    def _end_supervision(self) -> None:
+        self._supervising.clear()
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join()
+        self._supervisor = None
+        self._stopping.clear()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop cleanly with SIGTERM, then SIGKILL after ``timeout``; safe to call twice."""
+        self._end_supervision()
         process = self._process
         if process is None:
             return
@@ -175,13 +210,19 @@ class OrthancServer:
 
     def kill(self) -> None:
         """SIGKILL at once, as a crash would; the storage keeps what SQLite committed."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            self._signal(signal.SIGKILL)
-            process.wait()
-        self._forget()
+        self._end_supervision()
+        self.crash()
+
+    def crash(self) -> None:
+        """SIGKILL at once, leaving a supervisor (supervise()) to bring it back."""
+        with self._lifecycle:
+            process = self._process
+            if process is None:
+                return
+            if process.poll() is None:
+                self._signal(signal.SIGKILL)
+                process.wait()
+            self._forget()
 
     def restart(self) -> None:
         """Stop and start again on the same port and storage."""

@@ -1,4 +1,5 @@
-"""The sample setup: a handful of synthetic studies and seeded patients that show the rules.
+"""The sample setup: a handful of synthetic studies, a few real ones from pydicom's test
+files (what a clinician would see), and seeded patients that show the rules.
 
 Each study carries a note saying what it demonstrates and what the sync should do with it.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec
 from orthanc_openmrs.devtools.openmrs_double import Identifier, OpenMRSDouble
+from orthanc_openmrs.devtools.real_files import RealFile, rewrite
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,55 @@ SAMPLE_STUDIES: tuple[SampleStudy, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class RealSample:
+    """A real file from pydicom's test data, made a study of one of the sample patients."""
+
+    file: str  # as pydicom and pydicom-data ship it
+    patient_id: str
+    tags: dict[str, str]
+    shows: str
+    expected: str
+
+    def build(self) -> RealFile:
+        from pydicom.data import get_testdata_file
+
+        path = get_testdata_file(self.file)
+        if path is None:
+            raise FileNotFoundError(f"{self.file}: install pydicom-data (a dev dependency)")
+        return rewrite(
+            Path(str(path)),
+            key="sample-" + self.file,
+            patient_id=self.patient_id,
+            tags={"PatientName": "Diallo^Amara", **self.tags},
+        )
+
+
+REAL_SAMPLES: tuple[RealSample, ...] = (
+    RealSample(
+        "CT_small.dcm",
+        "100013X",
+        {"StudyDescription": "CT ABDOMEN (real file)", "StudyDate": "20240501"},
+        "a real CT without window tags: shown over its full range, never black",
+        "synced",
+    ),
+    RealSample(
+        "MR_small.dcm",
+        "100013X",
+        {"StudyDescription": "MR (real file)", "StudyDate": "20240502"},
+        "a real MR, rendered with its own window",
+        "synced",
+    ),
+    RealSample(
+        "US1_J2KR.dcm",
+        "100013X",
+        {"StudyDescription": "US ABDOMEN (real file)", "StudyDate": "20240503"},
+        "a real JPEG 2000 ultrasound Orthanc cannot decode (415): decoded here",
+        "synced",
+    ),
+)
+
+
 def seed_patients(double: OpenMRSDouble) -> dict[str, str]:
     """The OpenMRS side of the sample; patient uuids by a short label."""
     return {
@@ -164,6 +216,7 @@ def seed_patients(double: OpenMRSDouble) -> dict[str, str]:
         "Kofi Mensah": double.add_patient(
             ["100012B"], given="Kofi", family="Mensah", gender="M", birthdate=date(1975, 5, 3)
         ),
+        "Amara Diallo": double.add_patient(["100013X"], given="Amara", family="Diallo"),
         "Twin A": double.add_patient(["DUP-1"], given="Ada", family="Twin"),
         "Twin B": double.add_patient(
             [Identifier("DUP-1", type_name="ID Card")], given="Bea", family="Twin"

@@ -58,6 +58,8 @@ class OpenMRSDouble:
         behind a TLS terminator does."""
         self.generation: Generation = generation
         self._tls = tls
+        # False: an OpenMRS without the FHIR2 module (its URLs are Tomcat's 404 page).
+        self.fhir_module = True
         # Seconds slept before each request is handled; may be changed at any time.
         self.latency = latency
         self._host = host
@@ -313,7 +315,8 @@ class OpenMRSDouble:
         with self._lock:
             if self._faults.outage is not None:
                 return html_page(self._faults.outage, "The server is temporarily unavailable")
-            if not (req.path.startswith("/ws/rest/") or req.path.startswith(FHIR)):
+            fhir = req.path.startswith(FHIR) and self.fhir_module
+            if not (req.path.startswith("/ws/rest/") or fhir):
                 return html_page(404, f"The requested resource [{req.path}] is not available")
             session, new_id, stale = self._accounts.session_for(req)
             if req.path.startswith("/ws/rest/"):
