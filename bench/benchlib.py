@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEAK_RSS = BENCH_DIR / "peak_rss.py"

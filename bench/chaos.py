@@ -28,17 +28,17 @@ from pathlib import Path
 
 from benchlib import server_env
 
-from orthanc_openmrs.devtools.dicom_factory import (
+from orthanc_openmrs.store import LEASE
+from orthanc_openmrs_devtools.dicom_factory import (
     InstanceSpec,
     SeriesSpec,
     StudySpec,
     build_study,
     study_uid,
 )
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.devtools.tally import Tally, captions_by_uid, tally
-from orthanc_openmrs.store import LEASE
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.tally import Tally, captions_by_uid, tally
 
 LATE_SHARE = 0.05
 KILL_WAIT = (0.1, 1.5)

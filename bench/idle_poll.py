@@ -19,9 +19,9 @@ from benchlib import OPENMRS_PASSWORD, OPENMRS_USER, start_orthanc
 
 from orthanc_openmrs.cli import build_service
 from orthanc_openmrs.config import load_settings
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs.models import Outcome, State, StudyResult
 from orthanc_openmrs.store import BACKLOG, Store
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
 
 
 def _seed(path: Path, waiting: int, now: float) -> None:

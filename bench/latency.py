@@ -37,9 +37,9 @@ from benchlib import (
     tail,
 )
 
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 
 CHANGES_POLL = 0.1  # the bench's own view of StableStudy is at most this late
 CATCH_UP_TIMEOUT = 30.0

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from orthanc_openmrs.cli import build_service
 from orthanc_openmrs.config import load_settings
-from orthanc_openmrs.devtools import real_file_run as run
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.devtools.real_files import real_files
 from orthanc_openmrs.errors import ServerError
 from orthanc_openmrs.store import Store
+from orthanc_openmrs_devtools import real_file_run as run
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.real_files import real_files
 
 MAX_PASSES = 20
 

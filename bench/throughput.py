@@ -41,8 +41,8 @@ from benchlib import (
 )
 
 from orthanc_openmrs.config import Settings
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 
 STUDIES_PER_PATIENT = 4  # several studies per patient, so the service's patient cache can help
 SERIES_PER_STUDY = 3

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 
 
 @pytest.fixture

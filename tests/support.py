@@ -12,11 +12,11 @@ from PIL import Image
 
 from orthanc_openmrs.cli import build_service
 from orthanc_openmrs.config import Settings, load_settings
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, build_study
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer, free_tcp_port
 from orthanc_openmrs.service import PassSummary, Service
 from orthanc_openmrs.store import Store
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, build_study
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer, free_tcp_port
 
 PUBLIC_URL = "https://pacs.example.org"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from test_cli import _run
 
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 from orthanc_openmrs.preflight import NEEDED_PRIVILEGES
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 from support import env_for
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orthanc_openmrs.config import Settings
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
 from support import env_for, load
 
 ROOT = Path(__file__).resolve().parents[2]

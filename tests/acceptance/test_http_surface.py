@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 from running import Run, wait_for
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
 from support import PUBLIC_URL, env_for, load
 
 

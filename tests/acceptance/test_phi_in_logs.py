@@ -11,8 +11,8 @@ from datetime import date
 from running import Run, wait_for
 from test_cli import _run
 
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, study_uid
 from orthanc_openmrs.store import Store
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, study_uid
 from support import PUBLIC_URL, env_for, load
 
 # Each value is found nowhere else, so finding it in the log can only mean a leak.

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from test_cli import _clean_environment, _command, _run
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
-from orthanc_openmrs.devtools.orthanc_server import free_tcp_port
-from orthanc_openmrs.devtools.tally import Tally, tally
 from orthanc_openmrs.service import LEASE_WAIT
 from orthanc_openmrs.store import LEASE, Store
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs_devtools.orthanc_server import free_tcp_port
+from orthanc_openmrs_devtools.tally import Tally, tally
 from support import env_for, load
 
 STUDIES = 80

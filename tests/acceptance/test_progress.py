@@ -8,7 +8,7 @@ import subprocess
 
 from test_cli import _clean_environment, _command
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import env_for, load
 
 

@@ -7,8 +7,8 @@ from datetime import date
 
 from test_cli import _run
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
-from orthanc_openmrs.devtools.openmrs_double import Identifier
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs_devtools.openmrs_double import Identifier
 from support import env_for, load
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from test_cli import _clean_environment
 
-from orthanc_openmrs.devtools.sample import REAL_SAMPLES, SAMPLE_STUDIES
+from orthanc_openmrs_devtools.sample import REAL_SAMPLES, SAMPLE_STUDIES
 
 
 def test_sample_run_syncs_the_sample_studies(tmp_path: Path) -> None:
     """Every sample study ends as it says, previews are written, a second pass adds nothing."""
     output = tmp_path / "demo-output"
     done = subprocess.run(
-        [sys.executable, "-m", "orthanc_openmrs.devtools.demo", "--output", str(output)],
+        [sys.executable, "-m", "orthanc_openmrs_devtools.demo", "--output", str(output)],
         env=_clean_environment(),
         cwd=tmp_path,
         capture_output=True,

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
-from orthanc_openmrs.devtools.orthanc_server import free_tcp_port
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
+from orthanc_openmrs_devtools.orthanc_server import free_tcp_port
 from support import PUBLIC_URL, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,12 +99,12 @@ def test_image_holds_the_service_not_the_test_tooling(image) -> None:
     assert info["Config"]["User"] == "orthanc-openmrs"
     assert "/var/lib/orthanc-openmrs" in info["Config"]["Volumes"]
     assert "/health" in " ".join(info["Healthcheck"]["Test"])
-    probe = "import orthanc_openmrs.cli, orthanc_openmrs.devtools"
+    probe = "import orthanc_openmrs.cli, orthanc_openmrs_devtools"
     done = _podman(
         "run", "--rm", *LIMITS, "--entrypoint", "python3", IMAGE, "-c", probe, check=False
     )
     assert done.returncode == 1
-    assert "No module named 'orthanc_openmrs.devtools'" in done.stderr
+    assert "No module named 'orthanc_openmrs_devtools'" in done.stderr
     assert image["size_bytes"] < 200e6
 
 

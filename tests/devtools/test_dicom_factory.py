@@ -12,7 +12,7 @@ import pydicom.config
 import pytest
 from PIL import Image
 
-from orthanc_openmrs.devtools.dicom_factory import (
+from orthanc_openmrs_devtools.dicom_factory import (
     KINDS,
     UID_PREFIX,
     InstanceSpec,
@@ -24,7 +24,7 @@ from orthanc_openmrs.devtools.dicom_factory import (
     sop_uid,
     study_uid,
 )
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 
 IMAGE_KINDS = (
     "ct",

@@ -9,14 +9,14 @@ import time
 import httpx
 import pytest
 
-from orthanc_openmrs.devtools import orthanc_server
-from orthanc_openmrs.devtools.dicom_factory import (
+from orthanc_openmrs_devtools import orthanc_server
+from orthanc_openmrs_devtools.dicom_factory import (
     InstanceSpec,
     SeriesSpec,
     StudySpec,
     build_study,
 )
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer, OrthancServerError
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer, OrthancServerError
 
 pytestmark = [
     pytest.mark.orthanc,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from orthanc_openmrs.devtools.openmrs_double import (
+from orthanc_openmrs_devtools.openmrs_double import (
     ID_CARD_TYPE_UUID,
     OPENMRS_ID_TYPE_UUID,
     Identifier,

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest
 
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
 
 AUTH = ("admin", "Admin123")
 FHIR = "/ws/fhir2/R4"

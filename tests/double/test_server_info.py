@@ -6,7 +6,7 @@ import httpx
 import pytest
 from test_openmrs_double import AUTH, REST, upload
 
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
 
 IMAGE_CONCEPT = "7cac8397-53cd-4f00-a6fe-028e8d743f8e"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import ledger, load, pass_cost, service, settings_for, sync_pass
 
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orthanc_openmrs.devtools.dicom_factory import (
+from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs_devtools.dicom_factory import (
     InstanceSpec,
     SeriesSpec,
     StudySpec,
     build_study,
     sop_uid,
 )
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.models import Outcome, State
-from orthanc_openmrs.orthanc import OrthancClient
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 from support import ledger, load, service, settings_for, sync_pass
 
 

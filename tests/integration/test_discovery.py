@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
 from orthanc_openmrs.models import Outcome
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, build_study
 from support import load, settings_for, sync_pass
 
 

@@ -3,9 +3,9 @@ PACS hand out the same numbers, and SYNC_ISSUER_TYPES tells them apart."""
 
 from __future__ import annotations
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
-from orthanc_openmrs.devtools.openmrs_double import Identifier
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
+from orthanc_openmrs_devtools.openmrs_double import Identifier
 from support import ledger, load, pass_cost, settings_for, sync_pass
 
 ISSUERS = "HOSP_A=OpenMRS ID,CLINIC_B=Legacy MRN"

@@ -7,8 +7,8 @@ import threading
 import time
 from datetime import date
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import default_settings_for, ledger, load, service, sync_pass
 
 

@@ -10,11 +10,11 @@ import time
 import httpx
 import pytest
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
 from orthanc_openmrs.errors import LeaseHeld
 from orthanc_openmrs.models import Outcome, State
 from orthanc_openmrs.store import LEASE, Store
 from orthanc_openmrs.upkeep import SWEEP
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
 from support import load, service, settings_for, sync_pass
 
 OTHER = "other-host:4242:0000"

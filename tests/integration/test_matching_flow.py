@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from orthanc_openmrs.caption import java_length
-from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
-from orthanc_openmrs.devtools.openmrs_double import Identifier
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs_devtools.openmrs_double import Identifier
 from support import PUBLIC_URL, ledger, load, settings_for, sync_pass
 
 

@@ -10,9 +10,9 @@ from datetime import date
 import pytest
 
 from orthanc_openmrs import report
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
 from orthanc_openmrs.openmrs import OpenMRSClient
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import ledger, load, service, settings_for, sync_pass
 
 

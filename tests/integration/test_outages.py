@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import ledger, load, service, settings_for
 
 

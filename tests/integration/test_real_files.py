@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from orthanc_openmrs.config import Settings
-from orthanc_openmrs.devtools import real_file_run as run
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.openmrs_double.model import StoredAttachment
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.devtools.real_files import BAD_UID, LONG_ID, hostile_files, real_files
 from orthanc_openmrs.errors import ServerError
 from orthanc_openmrs.models import State
 from orthanc_openmrs.store import Store
+from orthanc_openmrs_devtools import real_file_run as run
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.openmrs_double.model import StoredAttachment
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.real_files import BAD_UID, LONG_ID, hostile_files, real_files
 from support import settings_for, sync_pass
 
 

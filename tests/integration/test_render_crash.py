@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from orthanc_openmrs import report
-from orthanc_openmrs.devtools.crash_proxy import CrashProxy
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, sop_uid
 from orthanc_openmrs.errors import ServerError
 from orthanc_openmrs.models import State
 from orthanc_openmrs.render.measure import contrast
+from orthanc_openmrs_devtools.crash_proxy import CrashProxy
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, sop_uid
 from support import image, instance_id, ledger, load, settings_for, sync_pass
 
 

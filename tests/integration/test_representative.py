@@ -6,11 +6,11 @@ from pathlib import Path
 
 from PIL import ImageStat
 
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, sop_uid
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
 from orthanc_openmrs.models import Outcome, State
 from orthanc_openmrs.render.measure import contrast
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec, sop_uid
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 from support import image, instance_id, ledger, load, settings_for, sync_pass
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import ledger, load, settings_for, sync_pass
 
 

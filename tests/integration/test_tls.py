@@ -7,9 +7,9 @@ import ssl
 import pytest
 import trustme
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs.errors import OpenMRSError
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
 from support import load, settings_for, sync_pass
 
 

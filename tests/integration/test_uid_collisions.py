@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from orthanc_openmrs.devtools.dicom_factory import StudySpec
 from orthanc_openmrs.models import Outcome, State
+from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from support import ledger, load, settings_for, sync_pass
 
 

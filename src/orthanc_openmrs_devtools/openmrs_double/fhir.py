@@ -6,10 +6,10 @@ import uuid as uuidlib
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from orthanc_openmrs.devtools.openmrs_double.auth import basic_credentials
-from orthanc_openmrs.devtools.openmrs_double.errors import html_page
-from orthanc_openmrs.devtools.openmrs_double.patient_views import age
-from orthanc_openmrs.devtools.openmrs_double.wire import (
+from orthanc_openmrs_devtools.openmrs_double.auth import basic_credentials
+from orthanc_openmrs_devtools.openmrs_double.errors import html_page
+from orthanc_openmrs_devtools.openmrs_double.patient_views import age
+from orthanc_openmrs_devtools.openmrs_double.wire import (
     FHIR,
     int_param,
     json_response,
@@ -19,9 +19,9 @@ from orthanc_openmrs.devtools.openmrs_double.wire import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from orthanc_openmrs.devtools.openmrs_double.auth import Accounts, Session
-    from orthanc_openmrs.devtools.openmrs_double.model import IdType, Patient, Store
-    from orthanc_openmrs.devtools.openmrs_double.wire import Request, Response
+    from orthanc_openmrs_devtools.openmrs_double.auth import Accounts, Session
+    from orthanc_openmrs_devtools.openmrs_double.model import IdType, Patient, Store
+    from orthanc_openmrs_devtools.openmrs_double.wire import Request, Response
 
 FHIR_JSON = "application/fhir+json;charset=utf-8"
 FHIR_DEFAULT_COUNT = 10

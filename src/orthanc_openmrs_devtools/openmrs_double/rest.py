@@ -5,28 +5,28 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from orthanc_openmrs.devtools.openmrs_double.attachments import attachment_resource
-from orthanc_openmrs.devtools.openmrs_double.auth import session_resource
-from orthanc_openmrs.devtools.openmrs_double.errors import (
+from orthanc_openmrs_devtools.openmrs_double.attachments import attachment_resource
+from orthanc_openmrs_devtools.openmrs_double.auth import session_resource
+from orthanc_openmrs_devtools.openmrs_double.errors import (
     CODE_RESOURCE,
     RestError,
     error_response,
     html_page,
 )
-from orthanc_openmrs.devtools.openmrs_double.patients import patient_resource, type_resource
-from orthanc_openmrs.devtools.openmrs_double.server_info import (
+from orthanc_openmrs_devtools.openmrs_double.patients import patient_resource, type_resource
+from orthanc_openmrs_devtools.openmrs_double.server_info import (
     ServerInfo,
     concept_resource,
     module_resource,
 )
-from orthanc_openmrs.devtools.openmrs_double.wire import REST, Call
+from orthanc_openmrs_devtools.openmrs_double.wire import REST, Call
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orthanc_openmrs.devtools.openmrs_double.auth import Accounts, Session
-    from orthanc_openmrs.devtools.openmrs_double.model import Faults, Store
-    from orthanc_openmrs.devtools.openmrs_double.wire import Generation, Request, Response
+    from orthanc_openmrs_devtools.openmrs_double.auth import Accounts, Session
+    from orthanc_openmrs_devtools.openmrs_double.model import Faults, Store
+    from orthanc_openmrs_devtools.openmrs_double.wire import Generation, Request, Response
 
 
 class RestApi:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from orthanc_openmrs.devtools.openmrs_double.auth import require, require_any
-from orthanc_openmrs.devtools.openmrs_double.errors import (
+from orthanc_openmrs_devtools.openmrs_double.auth import require, require_any
+from orthanc_openmrs_devtools.openmrs_double.errors import (
     CODE_ATTACHMENT,
     CODE_MISSING_PART,
     CODE_VALIDATE,
@@ -18,14 +18,14 @@ from orthanc_openmrs.devtools.openmrs_double.errors import (
     not_found,
     not_supported,
 )
-from orthanc_openmrs.devtools.openmrs_double.model import FileData, now
-from orthanc_openmrs.devtools.openmrs_double.multipart import parse_multipart
-from orthanc_openmrs.devtools.openmrs_double.representation import (
+from orthanc_openmrs_devtools.openmrs_double.model import FileData, now
+from orthanc_openmrs_devtools.openmrs_double.multipart import parse_multipart
+from orthanc_openmrs_devtools.openmrs_double.representation import (
     SPECIAL_PARAMS,
     page,
     request_context,
 )
-from orthanc_openmrs.devtools.openmrs_double.wire import (
+from orthanc_openmrs_devtools.openmrs_double.wire import (
     REST,
     Response,
     format_datetime,
@@ -35,14 +35,14 @@ from orthanc_openmrs.devtools.openmrs_double.wire import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orthanc_openmrs.devtools.openmrs_double.model import (
+    from orthanc_openmrs_devtools.openmrs_double.model import (
         Faults,
         Patient,
         Store,
         StoredAttachment,
     )
-    from orthanc_openmrs.devtools.openmrs_double.multipart import Part
-    from orthanc_openmrs.devtools.openmrs_double.wire import Call, Generation
+    from orthanc_openmrs_devtools.openmrs_double.multipart import Part
+    from orthanc_openmrs_devtools.openmrs_double.wire import Call, Generation
 
 # Defaults of the global properties that shape the answers (attachments, core).
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024

@@ -18,14 +18,14 @@ are shown), ``attachments`` and ``multipart`` (the attachment resource and its u
 ``representation`` (?v= and paging), ``errors`` and ``wire`` (response shapes).
 """
 
-from orthanc_openmrs.devtools.openmrs_double.model import (
+from orthanc_openmrs_devtools.openmrs_double.model import (
     ID_CARD_TYPE_UUID,
     OPENMRS_ID_TYPE_UUID,
     Identifier,
     RecordedRequest,
     StoredAttachment,
 )
-from orthanc_openmrs.devtools.openmrs_double.server import OpenMRSDouble
+from orthanc_openmrs_devtools.openmrs_double.server import OpenMRSDouble
 
 __all__ = [
     "ID_CARD_TYPE_UUID",

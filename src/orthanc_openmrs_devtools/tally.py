@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
 
 # The caption ends with the viewer link `...?study=<StudyInstanceUID>`; the whole token counts.
 CAPTION_UID = re.compile(r"[?&]study=([0-9]+(?:\.[0-9]+)*)$")

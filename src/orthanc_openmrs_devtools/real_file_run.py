@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from orthanc_openmrs.devtools.openmrs_double.model import StoredAttachment
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.devtools.real_files import RealFile
 from orthanc_openmrs.models import PreviewSource
 from orthanc_openmrs.render import measure
 from orthanc_openmrs.render.sandbox import SandboxFailed, decode_isolated
 from orthanc_openmrs.store import Store
+from orthanc_openmrs_devtools.openmrs_double.model import StoredAttachment
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.real_files import RealFile
 
 # Pearson correlation of 32 x 32 grey thumbnails: a window and a full-range stretch of one
 # image stay well above this; two different images, or an inverted one, fall far below.

@@ -10,17 +10,17 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from orthanc_openmrs.devtools.openmrs_double.errors import (
+from orthanc_openmrs_devtools.openmrs_double.errors import (
     html_page,
     lacks_privilege,
     method_not_allowed,
     not_found,
     not_logged_in,
 )
-from orthanc_openmrs.devtools.openmrs_double.wire import REST, Response, cookie, json_response
+from orthanc_openmrs_devtools.openmrs_double.wire import REST, Response, cookie, json_response
 
 if TYPE_CHECKING:
-    from orthanc_openmrs.devtools.openmrs_double.wire import Call, Request
+    from orthanc_openmrs_devtools.openmrs_double.wire import Call, Request
 
 FAILED_LOGINS_BEFORE_LOCKOUT = 7
 LOCKOUT_SECONDS = 300.0

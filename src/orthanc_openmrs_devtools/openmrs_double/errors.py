@@ -6,10 +6,10 @@ from html import escape
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from orthanc_openmrs.devtools.openmrs_double.wire import CONTEXT_PATH, Response, json_response
+from orthanc_openmrs_devtools.openmrs_double.wire import CONTEXT_PATH, Response, json_response
 
 if TYPE_CHECKING:
-    from orthanc_openmrs.devtools.openmrs_double.wire import Call, Generation, Request
+    from orthanc_openmrs_devtools.openmrs_double.wire import Call, Generation, Request
 
 # "Class:line" codes as the REST error handler reports the throwing frame.
 CODE_AUTH = "org.openmrs.aop.AuthorizationAdvice:43"

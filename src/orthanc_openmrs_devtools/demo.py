@@ -1,6 +1,6 @@
 """The sample run: a real Orthanc with the sample studies, the OpenMRS double, one `sync`.
 
-Run with `python -m orthanc_openmrs.devtools.demo`; everything it makes goes to ./demo-output.
+Run with `python -m orthanc_openmrs_devtools.demo`; everything it makes goes to ./demo-output.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 import unicodedata
 from pathlib import Path
 
-from orthanc_openmrs.devtools.dicom_factory import build_study, study_uid
-from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble, StoredAttachment
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
-from orthanc_openmrs.devtools.sample import REAL_SAMPLES, SAMPLE_STUDIES, seed_patients
 from orthanc_openmrs.store import Store
+from orthanc_openmrs_devtools.dicom_factory import build_study, study_uid
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble, StoredAttachment
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.sample import REAL_SAMPLES, SAMPLE_STUDIES, seed_patients
 
 PUBLIC_URL = "https://pacs.example.org"
 # The sample study whose patient is registered only after the first pass.

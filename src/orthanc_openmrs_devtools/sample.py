@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from orthanc_openmrs.devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec
-from orthanc_openmrs.devtools.openmrs_double import Identifier, OpenMRSDouble
-from orthanc_openmrs.devtools.real_files import RealFile, rewrite
+from orthanc_openmrs_devtools.dicom_factory import InstanceSpec, SeriesSpec, StudySpec
+from orthanc_openmrs_devtools.openmrs_double import Identifier, OpenMRSDouble
+from orthanc_openmrs_devtools.real_files import RealFile, rewrite
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Self
 
 import httpx
 
-from orthanc_openmrs.devtools.orthanc_server import OrthancServer
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 
 __all__ = ["CrashProxy"]
 

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from orthanc_openmrs.devtools.dicom_payloads import (
+from orthanc_openmrs_devtools.dicom_payloads import (
     ct_phantom,
     gradient,
     jpeg,

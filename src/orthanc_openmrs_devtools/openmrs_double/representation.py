@@ -6,18 +6,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote_plus
 
-from orthanc_openmrs.devtools.openmrs_double.errors import (
+from orthanc_openmrs_devtools.openmrs_double.errors import (
     CODE_CONTEXT,
     CODE_CONVERSION,
     CODE_RESTUTIL,
     RestError,
 )
-from orthanc_openmrs.devtools.openmrs_double.wire import int_param
+from orthanc_openmrs_devtools.openmrs_double.wire import int_param
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from orthanc_openmrs.devtools.openmrs_double.wire import Generation, Request
+    from orthanc_openmrs_devtools.openmrs_double.wire import Generation, Request
 
 # Defaults of the REST module's global properties.
 DEFAULT_LIMIT = 50

@@ -5,32 +5,32 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from orthanc_openmrs.devtools.openmrs_double.auth import require
-from orthanc_openmrs.devtools.openmrs_double.errors import (
+from orthanc_openmrs_devtools.openmrs_double.auth import require
+from orthanc_openmrs_devtools.openmrs_double.errors import (
     method_not_allowed,
     not_found,
     not_supported,
 )
-from orthanc_openmrs.devtools.openmrs_double.patient_views import patient_node, type_node
-from orthanc_openmrs.devtools.openmrs_double.representation import (
+from orthanc_openmrs_devtools.openmrs_double.patient_views import patient_node, type_node
+from orthanc_openmrs_devtools.openmrs_double.representation import (
     SPECIAL_PARAMS,
     page,
     render,
     request_context,
 )
-from orthanc_openmrs.devtools.openmrs_double.wire import json_response
+from orthanc_openmrs_devtools.openmrs_double.wire import json_response
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from orthanc_openmrs.devtools.openmrs_double.model import (
+    from orthanc_openmrs_devtools.openmrs_double.model import (
         IdType,
         Patient,
         SearchKeys,
         Store,
     )
-    from orthanc_openmrs.devtools.openmrs_double.representation import Node
-    from orthanc_openmrs.devtools.openmrs_double.wire import Call, Response
+    from orthanc_openmrs_devtools.openmrs_double.representation import Node
+    from orthanc_openmrs_devtools.openmrs_double.wire import Call, Response
 
 MIN_SEARCH_CHARACTERS = 2
 

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-from orthanc_openmrs.devtools.openmrs_double.auth import Accounts
-from orthanc_openmrs.devtools.openmrs_double.errors import html_page
-from orthanc_openmrs.devtools.openmrs_double.fhir import FhirApi
-from orthanc_openmrs.devtools.openmrs_double.model import (
+from orthanc_openmrs_devtools.openmrs_double.auth import Accounts
+from orthanc_openmrs_devtools.openmrs_double.errors import html_page
+from orthanc_openmrs_devtools.openmrs_double.fhir import FhirApi
+from orthanc_openmrs_devtools.openmrs_double.model import (
     ID_CARD_TYPE_UUID,
     OPENMRS_ID_TYPE_UUID,
     Faults,
@@ -27,17 +27,17 @@ from orthanc_openmrs.devtools.openmrs_double.model import (
     Store,
     now,
 )
-from orthanc_openmrs.devtools.openmrs_double.rest import RestApi
-from orthanc_openmrs.devtools.openmrs_double.server_info import ServerInfo
-from orthanc_openmrs.devtools.openmrs_double.wire import CONTEXT_PATH, FHIR, Request
+from orthanc_openmrs_devtools.openmrs_double.rest import RestApi
+from orthanc_openmrs_devtools.openmrs_double.server_info import ServerInfo
+from orthanc_openmrs_devtools.openmrs_double.wire import CONTEXT_PATH, FHIR, Request
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import date, datetime
     from types import TracebackType
 
-    from orthanc_openmrs.devtools.openmrs_double.model import Identifier, StoredAttachment
-    from orthanc_openmrs.devtools.openmrs_double.wire import Generation, Response
+    from orthanc_openmrs_devtools.openmrs_double.model import Identifier, StoredAttachment
+    from orthanc_openmrs_devtools.openmrs_double.wire import Generation, Response
 
 
 class OpenMRSDouble:

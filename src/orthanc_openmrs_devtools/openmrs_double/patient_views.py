@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from orthanc_openmrs.devtools.openmrs_double.auth import ADMIN_UUID
-from orthanc_openmrs.devtools.openmrs_double.representation import Node
-from orthanc_openmrs.devtools.openmrs_double.wire import REST, format_datetime
+from orthanc_openmrs_devtools.openmrs_double.auth import ADMIN_UUID
+from orthanc_openmrs_devtools.openmrs_double.representation import Node
+from orthanc_openmrs_devtools.openmrs_double.wire import REST, format_datetime
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from orthanc_openmrs.devtools.openmrs_double.model import IdType, Patient, PatientId
+    from orthanc_openmrs_devtools.openmrs_double.model import IdType, Patient, PatientId
 
 
 def _views(*props: str) -> dict[str, tuple[str, ...]]:

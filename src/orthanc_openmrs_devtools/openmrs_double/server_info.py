@@ -6,23 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from orthanc_openmrs.devtools.openmrs_double.auth import require
-from orthanc_openmrs.devtools.openmrs_double.errors import (
+from orthanc_openmrs_devtools.openmrs_double.auth import require
+from orthanc_openmrs_devtools.openmrs_double.errors import (
     CODE_AUTH,
     RestError,
     method_not_allowed,
     not_found,
 )
-from orthanc_openmrs.devtools.openmrs_double.representation import (
+from orthanc_openmrs_devtools.openmrs_double.representation import (
     Node,
     page,
     render,
     request_context,
 )
-from orthanc_openmrs.devtools.openmrs_double.wire import REST, json_response
+from orthanc_openmrs_devtools.openmrs_double.wire import REST, json_response
 
 if TYPE_CHECKING:
-    from orthanc_openmrs.devtools.openmrs_double.wire import Call, Generation, Response
+    from orthanc_openmrs_devtools.openmrs_double.wire import Call, Generation, Response
 
 # The attachments module's activator creates these complex concepts when missing.
 IMAGE_CONCEPT_UUID = "7cac8397-53cd-4f00-a6fe-028e8d743f8e"
