@@ -37,9 +37,16 @@ class RestApi:
         }
 
     def answer(
-        self, req: Request, session: Session, *, stale: bool, generation: Generation
+        self,
+        req: Request,
+        session: Session,
+        *,
+        stale: bool,
+        generation: Generation,
+        basic: bool = True,
     ) -> Response:
-        refused = self._accounts.basic_login(req, session)
+        # Under single sign-on the Basic login is inactive (sso.py).
+        refused = self._accounts.basic_login(req, session) if basic else None
         call = Call(req, session.user, stale, generation)
         if stale:
             # The filter has already sent "Session timed out" but lets the request go on:
