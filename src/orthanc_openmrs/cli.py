@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import SecretStr
 
-from orthanc_openmrs import __version__, report
+from orthanc_openmrs import __version__, auth, report
 from orthanc_openmrs.config import Settings, env_name, load_settings
 from orthanc_openmrs.errors import ConfigError, CredentialsRefused, SyncError
 from orthanc_openmrs.openmrs import OpenMRSClient
@@ -29,7 +28,7 @@ from orthanc_openmrs.store import Store
 from orthanc_openmrs.sync import SyncOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
-_SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password"})
+_SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password", "oauth_client_secret"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,13 +168,12 @@ def build_service(
     orthanc = OrthancClient(
         settings.orthanc_url,
         username=settings.orthanc_user,
-        password=_secret(settings.orthanc_password),
+        password=settings.orthanc_password.get_secret_value(),
         timeout=settings.sync_http_timeout,
     )
     openmrs = OpenMRSClient(
         settings.openmrs_url,
-        username=settings.openmrs_user,
-        password=_secret(settings.openmrs_password),
+        auth=auth.openmrs_auth(settings, timeout=settings.sync_http_timeout),
         timeout=settings.sync_http_timeout,
     )
     store = Store(settings.sync_database)
@@ -200,10 +198,6 @@ def build_service(
         orthanc.close()
         openmrs.close()
         store.close()
-
-
-def _secret(value: SecretStr) -> str:
-    return value.get_secret_value()
 
 
 # -- commands ----------------------------------------------------------------------------------

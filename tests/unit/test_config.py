@@ -28,6 +28,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ORTHANC_URL",
         "SYNC_DEMOGRAPHIC_CHECKS",
         "SYNC_ISSUER_TYPES",
+        "OAUTH_ENABLED",
+        "OAUTH_ACCESS_TOKEN_URL",
+        "OAUTH_CLIENT_ID",
+        "OAUTH_CLIENT_SECRET",
+        "OAUTH_CLIENT_SECRET_FILE",
+        "OAUTH_CLIENT_SCOPE",
     ]:
         monkeypatch.delenv(name, raising=False)
 
@@ -49,12 +55,40 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.sync_poll_interval <= 5
 
 
-def test_missing_required_settings_are_named() -> None:
-    """Each missing required setting is named by its variable."""
+def test_missing_required_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each missing required setting is named by its variable, the OpenMRS login once the
+    rest is valid (OAUTH_ENABLED makes it unneeded)."""
     with pytest.raises(ConfigError) as info:
         load_settings()
-    for name in REQUIRED:
-        assert name in info.value.message
+    assert "ORTHANC_PUBLIC_URL" in info.value.message
+    monkeypatch.setenv("ORTHANC_PUBLIC_URL", "https://pacs.example.org")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "OPENMRS_USER: required but not set" in info.value.message
+    monkeypatch.setenv("OPENMRS_USER", "admin")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "OPENMRS_PASSWORD: required but not set" in info.value.message
+
+
+def test_oauth_needs_no_openmrs_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With OAUTH_ENABLED, Ozone's OAUTH_* variables replace the OpenMRS user and password, and
+    the secret may come from a file."""
+    monkeypatch.setenv("ORTHANC_PUBLIC_URL", "https://pacs.example.org")
+    monkeypatch.setenv("OAUTH_ENABLED", "true")
+    monkeypatch.setenv(
+        "OAUTH_ACCESS_TOKEN_URL", "http://kc/realms/ozone/protocol/openid-connect/token"
+    )
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "eip")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.message == "OAUTH_CLIENT_SECRET: required when OAUTH_ENABLED is true"
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    monkeypatch.setenv("OAUTH_CLIENT_SECRET_FILE", str(secret))
+    settings = load_settings()
+    assert settings.oauth_client_secret.get_secret_value() == "s3cret"
+    assert settings.openmrs_user == ""
 
 
 @pytest.mark.parametrize(
