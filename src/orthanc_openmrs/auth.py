@@ -267,6 +267,30 @@ def openmrs_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
     )
 
 
+def orthanc_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
+    """Orthanc's way in: a token in ORTHANC_TOKEN_HEADER (a static key, or a client-credentials
+    token of Orthanc's own client), else Basic (or nothing without ORTHANC_USER)."""
+    header = settings.orthanc_token_header.strip()
+    if header and settings.orthanc_oauth_access_token_url:
+        return ClientCredentials(
+            settings.orthanc_oauth_access_token_url,
+            settings.orthanc_oauth_client_id,
+            settings.orthanc_oauth_client_secret.get_secret_value(),
+            scope=settings.orthanc_oauth_client_scope,
+            header=header,
+            settings_prefix="ORTHANC_OAUTH_",
+            timeout=timeout,
+        )
+    if header:
+        key = settings.orthanc_api_key.get_secret_value()
+        return StaticKey(header, key, settings="ORTHANC_API_KEY")
+    return BasicAuth(
+        settings.orthanc_user,
+        settings.orthanc_password.get_secret_value(),
+        settings="ORTHANC_USER and ORTHANC_PASSWORD",
+    )
+
+
 def describe(auth: Auth) -> str:
     """One line on how we authenticate, for a preflight check: never a secret."""
     return auth.describe()

@@ -28,7 +28,15 @@ from orthanc_openmrs.store import Store
 from orthanc_openmrs.sync import SyncOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
-_SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password", "oauth_client_secret"})
+_SECRET_FIELDS = frozenset(
+    {
+        "orthanc_password",
+        "openmrs_password",
+        "oauth_client_secret",
+        "orthanc_api_key",
+        "orthanc_oauth_client_secret",
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,8 +175,7 @@ def build_service(
     """The service with its clients and store, closed on exit."""
     orthanc = OrthancClient(
         settings.orthanc_url,
-        username=settings.orthanc_user,
-        password=settings.orthanc_password.get_secret_value(),
+        auth=auth.orthanc_auth(settings, timeout=settings.sync_http_timeout),
         timeout=settings.sync_http_timeout,
     )
     openmrs = OpenMRSClient(

@@ -16,6 +16,7 @@ from orthanc_openmrs.config import Settings
 from orthanc_openmrs.devtools.dicom_factory import StudySpec, study_uid
 from orthanc_openmrs.devtools.keycloak_double import KeycloakDouble
 from orthanc_openmrs.devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs.devtools.orthanc_server import OrthancServer, TokenGuard
 from support import env_for, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +173,26 @@ def test_basic_credentials_against_sso_exit_3_naming_oauth(orthanc, database) ->
     assert "OAUTH_ENABLED=true" in done.stderr
 
 
+def test_orthanc_403_exits_3_and_a_token_header_syncs(openmrs, database, tmp_path) -> None:
+    """A token-guarded Orthanc: without a token `sync` exits 3 naming the token settings;
+    with ORTHANC_TOKEN_HEADER and the key it syncs."""
+    openmrs.add_patient(["P001"])
+    guarded = OrthancServer(tmp_path / "guarded", token_guard=TokenGuard("token", ("k-1",)))
+    guarded.start()
+    try:
+        load(guarded, StudySpec("a"))
+        env = env_for(guarded, openmrs, database)
+        refused = _run(env, "sync")
+        assert refused.returncode == 3
+        assert "HTTP 403" in refused.stderr
+        assert "ORTHANC_TOKEN_HEADER" in refused.stderr
+        keyed = _run({**env, "ORTHANC_TOKEN_HEADER": "token", "ORTHANC_API_KEY": "k-1"}, "sync")
+        assert keyed.returncode == 0, keyed.stderr
+    finally:
+        guarded.kill()
+    assert len(openmrs.attachments()) == 1
+
+
 def test_run_follows_changes_and_stops_on_sigterm(orthanc, openmrs, database) -> None:
     """`run` attaches a study uploaded while it runs, then exits 0 on SIGTERM."""
     openmrs.add_patient(["P001"])
@@ -203,7 +224,7 @@ def test_help_lists_every_setting() -> None:
     done = _run({}, "sync", "--help")
     assert done.returncode == 0
     for name in Settings.model_fields:
-        assert name.upper() in done.stdout or name.endswith(("password", "secret"))
+        assert name.upper() in done.stdout or name.endswith(("password", "secret", "api_key"))
 
 
 @pytest.mark.parametrize(

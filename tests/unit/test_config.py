@@ -34,6 +34,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "OAUTH_CLIENT_SECRET",
         "OAUTH_CLIENT_SECRET_FILE",
         "OAUTH_CLIENT_SCOPE",
+        "ORTHANC_TOKEN_HEADER",
+        "ORTHANC_API_KEY",
+        "ORTHANC_API_KEY_FILE",
+        "ORTHANC_OAUTH_ACCESS_TOKEN_URL",
+        "ORTHANC_OAUTH_CLIENT_ID",
+        "ORTHANC_OAUTH_CLIENT_SECRET",
     ]:
         monkeypatch.delenv(name, raising=False)
 
@@ -175,3 +181,27 @@ def test_unreadable_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     bad.write_text("= nope")
     with pytest.raises(ConfigError, match="--config"):
         load_settings(bad)
+
+
+def test_orthanc_token_settings_go_together(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A token header needs exactly one of a key and a token URL, and a key needs the header."""
+    _env(monkeypatch, ORTHANC_API_KEY="k")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.message.startswith("ORTHANC_TOKEN_HEADER: required with ORTHANC_API_KEY")
+    monkeypatch.setenv("ORTHANC_TOKEN_HEADER", "token")
+    monkeypatch.setenv("ORTHANC_OAUTH_ACCESS_TOKEN_URL", "http://kc/realms/o/protocol/x/token")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "exactly one of ORTHANC_API_KEY and ORTHANC_OAUTH_ACCESS_TOKEN_URL" in info.value.message
+    monkeypatch.delenv("ORTHANC_API_KEY")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.message.startswith("ORTHANC_OAUTH_CLIENT_ID: required")
+    monkeypatch.delenv("ORTHANC_OAUTH_ACCESS_TOKEN_URL")
+    key = tmp_path / "key"
+    key.write_text("from-file\n", encoding="utf-8")
+    monkeypatch.setenv("ORTHANC_API_KEY_FILE", str(key))
+    assert load_settings().orthanc_api_key.get_secret_value() == "from-file"
