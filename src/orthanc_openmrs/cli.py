@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import SecretStr
 
-from orthanc_openmrs import __version__, logs, preflight, report
+from orthanc_openmrs import __version__, auth, logs, preflight, report
 from orthanc_openmrs.config import Settings, env_name, load_settings
 from orthanc_openmrs.errors import (
     ConfigError,
@@ -39,7 +38,15 @@ from orthanc_openmrs.sync import SyncOptions
 from orthanc_openmrs.transport import tls_verification
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
-_SECRET_FIELDS = frozenset({"orthanc_password", "openmrs_password"})
+_SECRET_FIELDS = frozenset(
+    {
+        "orthanc_password",
+        "openmrs_password",
+        "oauth_client_secret",
+        "orthanc_api_key",
+        "orthanc_oauth_client_secret",
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,25 +214,19 @@ def _clients(settings: Settings, monitor: Monitor | None) -> tuple[OrthancClient
     verify = tls_verification(settings.sync_ca_bundle)
     orthanc = OrthancClient(
         settings.orthanc_url,
-        username=settings.orthanc_user,
-        password=_secret(settings.orthanc_password),
+        auth=auth.orthanc_auth(settings, timeout=settings.sync_http_timeout),
         timeout=settings.sync_http_timeout,
         verify=verify,
         observe=monitor.observer("orthanc") if monitor else None,
     )
     openmrs = OpenMRSClient(
         settings.openmrs_url,
-        username=settings.openmrs_user,
-        password=_secret(settings.openmrs_password),
+        auth=auth.openmrs_auth(settings, timeout=settings.sync_http_timeout),
         timeout=settings.sync_http_timeout,
         verify=verify,
         observe=monitor.observer("openmrs") if monitor else None,
     )
     return orthanc, openmrs
-
-
-def _secret(value: SecretStr) -> str:
-    return value.get_secret_value()
 
 
 @contextmanager

@@ -77,6 +77,25 @@ class Settings(BaseSettings):
     orthanc_url: str = Field("http://localhost:8042", description="Orthanc REST base URL")
     orthanc_user: str = Field("", description="Orthanc user (empty: no authentication)")
     orthanc_password: SecretStr = Field(SecretStr(""), description="Orthanc password")
+    orthanc_token_header: str = Field(
+        "",
+        description="Header carrying a token to Orthanc's authorization plugin (its "
+        "TokenHttpHeaders): token, or Authorization for Bearer (empty: Basic)",
+    )
+    orthanc_api_key: SecretStr = Field(
+        SecretStr(""), description="Static API key sent in ORTHANC_TOKEN_HEADER"
+    )
+    orthanc_api_key_file: Path | None = Field(
+        None, description="File holding the Orthanc API key (instead of ORTHANC_API_KEY)"
+    )
+    orthanc_oauth_access_token_url: str = Field(
+        "", description="Token URL of the OAuth2 client for Orthanc (instead of an API key)"
+    )
+    orthanc_oauth_client_id: str = Field("", description="OAuth2 client id for Orthanc")
+    orthanc_oauth_client_secret: SecretStr = Field(
+        SecretStr(""), description="OAuth2 client secret for Orthanc"
+    )
+    orthanc_oauth_client_scope: str = Field("", description="OAuth2 scope for Orthanc's token")
     orthanc_public_url: str = Field(
         description="Base of the viewer link in captions, as clinicians reach Orthanc"
     )
@@ -84,13 +103,28 @@ class Settings(BaseSettings):
         "http://localhost:8080/openmrs", description="OpenMRS base URL, with its context path"
     )
     openmrs_user: str = Field(
+        "",
         validation_alias=AliasChoices("openmrs_user", "eip_fhir_username"),
-        description="OpenMRS user (Ozone's EIP_FHIR_USERNAME is read too)",
+        description="OpenMRS user (Ozone's EIP_FHIR_USERNAME is read too); required unless "
+        "OAUTH_ENABLED",
     )
     openmrs_password: SecretStr = Field(
+        SecretStr(""),
         validation_alias=AliasChoices("openmrs_password", "eip_fhir_password"),
         description="OpenMRS password (Ozone's EIP_FHIR_PASSWORD is read too)",
     )
+    oauth_enabled: bool = Field(
+        False, description="OpenMRS behind single sign-on: OAuth2 client-credentials tokens"
+    )
+    oauth_access_token_url: str = Field(
+        "", description="Token URL: {keycloak}/realms/{realm}/protocol/openid-connect/token"
+    )
+    oauth_client_id: str = Field("", description="OAuth2 client id (its service account)")
+    oauth_client_secret: SecretStr = Field(SecretStr(""), description="OAuth2 client secret")
+    oauth_client_secret_file: Path | None = Field(
+        None, description="File holding the OAuth2 client secret (instead of OAUTH_CLIENT_SECRET)"
+    )
+    oauth_client_scope: str = Field("", description="OAuth2 scope asked for (empty: none)")
     sync_database: Path = Field(
         Path("orthanc-openmrs.sqlite3"), description="SQLite state file (the ledger)"
     )
@@ -200,19 +234,10 @@ class Settings(BaseSettings):
             raise ValueError("must be a base URL without spaces, query or fragment")
         return value.rstrip("/")
 
-    @field_validator("openmrs_user")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
-
     @field_validator("openmrs_password")
     @classmethod
     def _password(cls, value: SecretStr) -> SecretStr:
         secret = value.get_secret_value()
-        if not secret:
-            raise ValueError("must not be empty")
         if ":" in secret:
             # OpenMRS splits Basic credentials on every ':' and would see a shorter password.
             raise ValueError("must not contain ':' (OpenMRS cuts Basic passwords at the colon)")
@@ -320,11 +345,71 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             _FILE_VALUES.reset(token)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
+    _check_openmrs_login(settings)
+    _check_orthanc_token(settings)
     if settings.sync_viewer is Viewer.CUSTOM and not settings.sync_viewer_url:
         raise ConfigError("SYNC_VIEWER_URL: required when SYNC_VIEWER is custom")
     if settings.sync_retry_max < settings.sync_retry_min:
         raise ConfigError("SYNC_RETRY_MAX: must not be below SYNC_RETRY_MIN")
     return settings
+
+
+def _check_openmrs_login(settings: Settings) -> None:
+    """A user and password, or (with OAUTH_ENABLED) a token URL, client id and secret."""
+    if not settings.oauth_enabled:
+        for name in ("openmrs_user", "openmrs_password"):
+            value = getattr(settings, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not text.strip():
+                raise ConfigError(f"{env_name(name)}: required but not set")
+        return
+    if settings.oauth_client_secret_file is not None:
+        try:
+            secret = settings.oauth_client_secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"OAUTH_CLIENT_SECRET_FILE: cannot read it: {exc.strerror}") from exc
+        settings.oauth_client_secret = SecretStr(secret)
+    for name in ("oauth_access_token_url", "oauth_client_id", "oauth_client_secret"):
+        value = getattr(settings, name)
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not text.strip():
+            raise ConfigError(f"{env_name(name)}: required when OAUTH_ENABLED is true")
+    url = settings.oauth_access_token_url
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("OAUTH_ACCESS_TOKEN_URL: must be an http:// or https:// URL")
+
+
+def _check_orthanc_token(settings: Settings) -> None:
+    """With ORTHANC_TOKEN_HEADER: an API key, or a token URL, client id and secret; not both."""
+    if settings.orthanc_api_key_file is not None:
+        try:
+            key = settings.orthanc_api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"ORTHANC_API_KEY_FILE: cannot read it: {exc.strerror}") from exc
+        settings.orthanc_api_key = SecretStr(key)
+    has_key = bool(settings.orthanc_api_key.get_secret_value())
+    has_oauth = bool(settings.orthanc_oauth_access_token_url)
+    header = settings.orthanc_token_header.strip()
+    if not header:
+        if has_key or has_oauth:
+            raise ConfigError(
+                "ORTHANC_TOKEN_HEADER: required with ORTHANC_API_KEY or ORTHANC_OAUTH_* "
+                "(token, or Authorization for Bearer)"
+            )
+        return
+    if any(c in header for c in ": \r\n"):
+        raise ConfigError("ORTHANC_TOKEN_HEADER: must be a header name")
+    if has_key == has_oauth:
+        raise ConfigError(
+            "ORTHANC_TOKEN_HEADER: needs exactly one of ORTHANC_API_KEY and "
+            "ORTHANC_OAUTH_ACCESS_TOKEN_URL"
+        )
+    if has_oauth:
+        for name in ("orthanc_oauth_client_id", "orthanc_oauth_client_secret"):
+            value = getattr(settings, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not text.strip():
+                raise ConfigError(f"{env_name(name)}: required with ORTHANC_OAUTH_ACCESS_TOKEN_URL")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -10,7 +10,9 @@ the foreign thing. Whether an error is worth retrying is a property of the error
     ├── ServerError                  a remote server did not do what was asked
     │   ├── CredentialsRefused       a server refuses our credentials: stop the work, never retry
     │   │   ├── OrthancAuthError
-    │   │   └── OpenMRSAuthError     (7 failed logins lock the OpenMRS account)
+    │   │   ├── OpenMRSAuthError     (7 failed logins lock the OpenMRS account)
+    │   │   └── TokenRefused         the token endpoint refuses the OAuth2 client
+    │   ├── TokenEndpointError       the token endpoint failed or could not be reached
     │   ├── OrthancError
     │   │   ├── OrthancAuthError
     │   │   ├── OrthancNotFound      404: the resource was deleted meanwhile
@@ -124,6 +126,14 @@ class OpenMRSError(ServerError):
 
 class OpenMRSAuthError(CredentialsRefused, OpenMRSError):
     """OpenMRS refuses the credentials. Retrying would lock the account (7 failures)."""
+
+
+class TokenRefused(CredentialsRefused):
+    """The OAuth2 token endpoint (Keycloak) refuses the client id, secret or scope."""
+
+
+class TokenEndpointError(ServerError):
+    """The token endpoint answered with a server error or could not be reached."""
 
 
 class UploadOutcomeUnknown(OpenMRSError):

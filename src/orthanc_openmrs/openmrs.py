@@ -5,7 +5,10 @@ Two traps of the real server shape this module:
   anyway; so cookies are dropped on 401, reads are sent again, and an upload is reported as
   "outcome unknown" for the caller to verify instead of being sent twice;
 - wrong credentials are counted towards a lockout after 7 failures; so they are checked once
-  (`check_credentials`) and a refusal is final.
+  (`check_credentials`) and a refusal is final;
+- behind single sign-on (oauth2login), whatever lacks a valid token is redirected to
+  /oauth2login; so that redirect is an authentication failure, a token turned down is renewed
+  once (docs/openmrs-sso.md), and redirects are never followed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from orthanc_openmrs.auth import Auth, BasicAuth
 from orthanc_openmrs.errors import OpenMRSAuthError, OpenMRSError, UploadOutcomeUnknown
 from orthanc_openmrs.models import (
     Attachment,
@@ -32,7 +36,6 @@ from orthanc_openmrs.transport import (
     RequestObserver,
     ThreadClients,
     Verify,
-    basic_auth,
     client_transport,
     describe,
     unreachable,
@@ -59,19 +62,23 @@ class OpenMRSClient:
         self,
         base_url: str,
         *,
-        username: str,
-        password: str,
+        username: str = "",
+        password: str = "",
+        auth: Auth | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         verify: Verify = True,
         observe: RequestObserver | None = None,
     ) -> None:
-        self._username = username
+        self._auth: Auth = auth or BasicAuth(
+            username,
+            password,
+            settings="OPENMRS_USER and OPENMRS_PASSWORD; the account locks after 7 failed logins",
+        )
         limits = httpx.Limits(max_connections=2, max_keepalive_connections=1)
         self._clients = ThreadClients(
             lambda: httpx.Client(
                 base_url=base_url,
-                headers=basic_auth(username, password),
                 timeout=timeout,
                 follow_redirects=False,
                 # Also for the transports httpx makes itself, for proxies of the environment.
@@ -84,43 +91,63 @@ class OpenMRSClient:
         self.requests = 0
 
     @property
+    def auth(self) -> Auth:
+        return self._auth
+
+    @property
     def _client(self) -> httpx.Client:
         return self._clients.get()
 
     def close(self) -> None:
         self._clients.close()
+        self._auth.close()
 
     # -- transport -------------------------------------------------------------------------
     def _count(self) -> None:
         with self._lock:
             self.requests += 1
 
+    def _headers(self) -> dict[str, str]:
+        return {"Accept": "application/json", **self._auth.headers()}
+
     def _get(self, path: str, params: Mapping[str, str | int]) -> Any:
-        for attempt in (1, 2):
+        response = self._send("GET", path, params=params)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise OpenMRSError(f"OpenMRS GET {path}: answer is not JSON") from exc
+
+    def _send(
+        self, method: str, path: str, params: Mapping[str, str | int] | None = None
+    ) -> httpx.Response:
+        """A read (or a void, which may be sent again), retried once for each of: a dropped
+        kept-alive connection, a stale session cookie, a token the server no longer takes."""
+        session_retried = token_retried = dropped = False
+        while True:
             had_session = bool(self._client.cookies)
             self._count()
+            headers = self._headers()
             try:
-                response = self._client.get(
-                    path, params=params, headers={"Accept": "application/json"}
-                )
+                response = self._client.request(method, path, params=params, headers=headers)
             except httpx.RemoteProtocolError as exc:
-                if attempt == 2:
-                    raise OpenMRSError(f"OpenMRS GET {path}: {exc}") from exc
+                if dropped:
+                    raise OpenMRSError(f"OpenMRS {method} {path}: {exc}") from exc
+                dropped = True
                 continue
             except httpx.HTTPError as exc:
                 raise OpenMRSError(
-                    describe("OpenMRS", "GET", path, exc), unavailable=unreachable(exc)
+                    describe("OpenMRS", method, path, exc), unavailable=unreachable(exc)
                 ) from exc
-            if response.status_code == 401 and had_session and attempt == 1:
+            if response.status_code == 401 and had_session and not session_retried:
                 # "Session timed out": the cookie is stale, not the credentials.
                 self._client.cookies.clear()
+                session_retried = True
                 continue
-            self._raise_for(path, "GET", response)
-            try:
-                return response.json()
-            except ValueError as exc:
-                raise OpenMRSError(f"OpenMRS GET {path}: answer is not JSON") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+            if _refused(response) and not token_retried and self._auth.renew(headers):
+                token_retried = True
+                continue
+            self._raise_for(path, method, response)
+            return response
 
     def _raise_for(self, path: str, method: str, response: httpx.Response) -> None:
         status = response.status_code
@@ -128,24 +155,58 @@ class OpenMRSClient:
             return
         message = _error_message(response)
         what = f"OpenMRS {method} {path}: HTTP {status}"
+        if _to_sso(response):
+            raise OpenMRSAuthError(f"{what}: {self._sso_refusal()}", status=status)
+        if 300 <= status < 400:
+            where = response.headers.get("location", "")
+            raise OpenMRSError(f"{what}: redirects to {where} (check OPENMRS_URL)", status=status)
         if status == 401:
             raise OpenMRSAuthError(
-                f"{what}: OpenMRS refuses user {self._username!r} (check OPENMRS_USER and "
-                "OPENMRS_PASSWORD; the account locks after 7 failed logins)"
+                f"{what}: OpenMRS refuses {self._auth.describe()} (check {self._auth.settings})"
             )
         if status == 403:
             raise OpenMRSError(f"{what}: user lacks a privilege: {message}", status=status)
         raise OpenMRSError(f"{what}: {message}" if message else what, status=status)
 
+    def _sso_refusal(self) -> str:
+        if isinstance(self._auth, BasicAuth):
+            return (
+                "redirected to /oauth2login: single sign-on (OpenMRS's oauth2login module) is "
+                "probably on, so Basic authentication is inactive; set OAUTH_ENABLED=true with "
+                "OAUTH_ACCESS_TOKEN_URL, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and "
+                "OAUTH_CLIENT_SCOPE"
+            )
+        return (
+            f"redirected to /oauth2login: OpenMRS's single sign-on does not accept the token "
+            f"of {self._auth.describe()}, even a fresh one (check {self._auth.settings}, and "
+            "that oauth2login trusts that realm's keys)"
+        )
+
     # -- session ---------------------------------------------------------------------------
     def check_credentials(self) -> None:
         """One login attempt; raises OpenMRSAuthError if refused. Call once, before the work."""
         data = self._get(f"{REST}/session", {})
-        if not data.get("authenticated"):
-            raise OpenMRSAuthError(
-                f"OpenMRS refuses user {self._username!r} (check OPENMRS_USER and "
-                "OPENMRS_PASSWORD; the account locks after 7 failed logins, so nothing was retried)"
-            )
+        if data.get("authenticated"):
+            return
+        if self._behind_sso():
+            raise OpenMRSAuthError(f"OpenMRS {self._sso_refusal()}")
+        raise OpenMRSAuthError(
+            f"OpenMRS refuses {self._auth.describe()} (check {self._auth.settings}; "
+            "nothing was retried)"
+        )
+
+    def _behind_sso(self) -> bool:
+        """Whether OpenMRS sends the unauthenticated to /oauth2login. The session resource is
+        exempt from that redirect, so a refused login there cannot tell; one request without
+        credentials (no failed login counted) to another resource does."""
+        request = self._client.build_request(
+            "GET", f"{REST}/patientidentifiertype", params={"limit": 1}
+        )
+        self._count()
+        try:
+            return _to_sso(self._client.send(request))
+        except httpx.HTTPError:
+            return False
 
     # -- patients --------------------------------------------------------------------------
     def find_patients_rest(self, identifier: str) -> list[OpenMRSPatient]:
@@ -244,45 +305,52 @@ class OpenMRSClient:
             start += len(results)
 
     def upload(self, patient_uuid: str, preview: Preview, caption: str) -> str:
-        """POST one attachment; its uuid. Not resent here: a resend could duplicate it."""
+        """POST one attachment; its uuid. Not resent blindly here: a resend could duplicate it.
+
+        The one resend: OpenMRS's single sign-on redirected it to /oauth2login, which its
+        filter does before anything else runs (nothing was stored)."""
         path = f"{REST}/attachment"
-        had_session = bool(self._client.cookies)
-        self._count()
-        try:
-            response = self._client.post(
-                path,
-                data={"patient": patient_uuid, "fileCaption": caption},
-                files={"file": (preview.filename, preview.data, preview.mime_type)},
-                headers={"Accept": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            if unreachable(exc):  # never sent: nothing can have been stored
-                raise OpenMRSError(
-                    describe("OpenMRS", "POST", path, exc), unavailable=True
-                ) from exc
-            raise UploadOutcomeUnknown(describe("OpenMRS", "POST", path, exc)) from exc
-        if response.status_code == 401 and had_session:
-            self._client.cookies.clear()
-            raise UploadOutcomeUnknown(
-                f"OpenMRS POST {path}: HTTP 401 with a stale session (the upload may have run)",
-                status=401,
-            )
-        self._raise_for(path, "POST", response)
-        try:
-            return str(response.json()["uuid"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UploadOutcomeUnknown(f"OpenMRS POST {path}: answer has no uuid") from exc
+        for attempt in (1, 2):
+            had_session = bool(self._client.cookies)
+            self._count()
+            headers = self._headers()
+            try:
+                response = self._client.post(
+                    path,
+                    data={"patient": patient_uuid, "fileCaption": caption},
+                    files={"file": (preview.filename, preview.data, preview.mime_type)},
+                    headers=headers,
+                )
+            except httpx.HTTPError as exc:
+                if unreachable(exc):  # never sent: nothing can have been stored
+                    raise OpenMRSError(
+                        describe("OpenMRS", "POST", path, exc), unavailable=True
+                    ) from exc
+                raise UploadOutcomeUnknown(describe("OpenMRS", "POST", path, exc)) from exc
+            if response.status_code == 401 and had_session:
+                self._client.cookies.clear()
+                raise UploadOutcomeUnknown(
+                    f"OpenMRS POST {path}: HTTP 401 with a stale session (the upload may have run)",
+                    status=401,
+                )
+            if _to_sso(response) and attempt == 1 and self._auth.renew(headers):
+                continue
+            if response.status_code == 401 and self._auth.renew(headers):
+                # A token refused after the request was read: it may have run; the next
+                # request carries a fresh token.
+                raise UploadOutcomeUnknown(
+                    f"OpenMRS POST {path}: HTTP 401 for the token (the upload may have run)",
+                    status=401,
+                )
+            self._raise_for(path, "POST", response)
+            try:
+                return str(response.json()["uuid"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UploadOutcomeUnknown(f"OpenMRS POST {path}: answer has no uuid") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def void_attachment(self, attachment_uuid: str) -> None:
-        path = f"{REST}/attachment/{quote(attachment_uuid, safe='')}"
-        self._count()
-        try:
-            response = self._client.delete(path, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise OpenMRSError(
-                describe("OpenMRS", "DELETE", path, exc), unavailable=unreachable(exc)
-            ) from exc
-        self._raise_for(path, "DELETE", response)
+        self._send("DELETE", f"{REST}/attachment/{quote(attachment_uuid, safe='')}")
 
     # -- the server itself (`orthanc-openmrs check`) -----------------------------------------
     def whoami(self) -> OpenMRSUser | None:
@@ -337,6 +405,17 @@ class OpenMRSClient:
             if not results or not _has_next(data):
                 return
             start += len(results)
+
+
+def _to_sso(response: httpx.Response) -> bool:
+    """A redirect to oauth2login's login page: what single sign-on answers the
+    unauthenticated (its OAuth2LoginRequestFilter)."""
+    location = response.headers.get("location", "")
+    return response.is_redirect and "/oauth2login" in httpx.URL(location).path
+
+
+def _refused(response: httpx.Response) -> bool:
+    return response.status_code == 401 or _to_sso(response)
 
 
 def _has_next(data: Mapping[str, Any]) -> bool:

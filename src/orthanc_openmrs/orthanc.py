@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
+from orthanc_openmrs.auth import Auth, BasicAuth
 from orthanc_openmrs.errors import (
     OrthancAuthError,
     OrthancError,
@@ -35,7 +36,6 @@ from orthanc_openmrs.transport import (
     RequestObserver,
     ThreadClients,
     Verify,
-    basic_auth,
     client_transport,
     describe,
     unreachable,
@@ -60,18 +60,21 @@ class OrthancClient:
         *,
         username: str = "",
         password: str = "",
+        auth: Auth | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         verify: Verify = True,
         observe: RequestObserver | None = None,
     ) -> None:
+        self._auth: Auth = auth or BasicAuth(
+            username, password, settings="ORTHANC_USER and ORTHANC_PASSWORD"
+        )
         limits = httpx.Limits(
             max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_EXPIRY
         )
         self._clients = ThreadClients(
             lambda: httpx.Client(
                 base_url=base_url,
-                headers=basic_auth(username, password) if username else None,
                 cookies=NoCookies(),
                 timeout=timeout,
                 follow_redirects=False,
@@ -90,6 +93,11 @@ class OrthancClient:
 
     def close(self) -> None:
         self._clients.close()
+        self._auth.close()
+
+    @property
+    def auth(self) -> Auth:
+        return self._auth
 
     # -- transport -------------------------------------------------------------------------
     def _send(
@@ -102,12 +110,14 @@ class OrthancClient:
         content: bytes | None = None,
         renders: str = "",
     ) -> httpx.Response:
-        for attempt in (1, 2):
+        dropped = renewed = False
+        while True:
             with self._lock:
                 self.requests += 1
+            headers = {"Accept": accept, **self._auth.headers()}
             try:
                 response = self._client.request(
-                    method, path, params=params, headers={"Accept": accept}, content=content
+                    method, path, params=params, headers=headers, content=content
                 )
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.TimeoutException) as exc:
                 if renders:
@@ -121,18 +131,21 @@ class OrthancClient:
                 if isinstance(exc, httpx.TimeoutException):
                     raise OrthancError(describe("Orthanc", method, path, exc)) from exc
                 # The server dropped a kept-alive connection as we reused it: safe to resend once.
-                if attempt == 2 or isinstance(exc, httpx.ReadError):
+                if dropped or isinstance(exc, httpx.ReadError):
                     raise OrthancError(f"Orthanc {method} {path}: {exc}") from exc
+                dropped = True
                 continue
             except httpx.HTTPError as exc:
                 raise OrthancError(
                     describe("Orthanc", method, path, exc), unavailable=unreachable(exc)
                 ) from exc
+            # Every request sent here only reads: one more try with a fresh token is safe.
+            if response.status_code in (401, 403) and not renewed and self._auth.renew(headers):
+                renewed = True
+                continue
             return self._check(method, path, response)
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _check(method: str, path: str, response: httpx.Response) -> httpx.Response:
+    def _check(self, method: str, path: str, response: httpx.Response) -> httpx.Response:
         status = response.status_code
         if status < 300:
             return response
@@ -141,9 +154,25 @@ class OrthancClient:
             raise OrthancNotFound(what)
         if status == 415:
             raise OrthancUnsupported(what + " (cannot decode this image)")
-        if status in (401, 403):
+        if status == 403:
+            # The authorization plugin's answer to whatever it does not let through, Basic
+            # credentials included: a refusal of us, not of this study.
+            if isinstance(self._auth, BasicAuth):
+                hint = (
+                    "it probably wants a token: set ORTHANC_TOKEN_HEADER with ORTHANC_API_KEY "
+                    "or the ORTHANC_OAUTH_* settings"
+                )
+            else:
+                hint = f"check ORTHANC_TOKEN_HEADER and {self._auth.settings}"
             raise OrthancAuthError(
-                what + ": credentials refused (check ORTHANC_USER and ORTHANC_PASSWORD)",
+                f"{what}: Orthanc forbids the request: its authorization plugin refuses "
+                f"{self._auth.describe()} ({hint})",
+                status=status,
+            )
+        if status == 401:
+            raise OrthancAuthError(
+                f"{what}: credentials refused ({self._auth.describe()}; check "
+                f"{self._auth.settings})",
                 status=status,
             )
         detail = _error_detail(response)

@@ -1,7 +1,8 @@
 """Run a real Orthanc (the Debian package) on loopback for tests and local trials.
 
 The server gets its own work directory (config, storage, log), a free port and
-Basic auth. It is started in a new session so that a Ctrl-C aimed at pytest does
+Basic auth, or (``token_guard``) a Python plugin that lets only tokens through, as the
+authorization plugin does. It is started in a new session so that a Ctrl-C aimed at pytest does
 not reach it first, and an ``atexit`` hook stops it if the caller forgets.
 """
 
@@ -11,11 +12,13 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -25,9 +28,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
-__all__ = ["GDCM_PLUGIN", "OrthancServer", "OrthancServerError"]
+__all__ = ["GDCM_PLUGIN", "OrthancServer", "OrthancServerError", "TokenGuard"]
 
 GDCM_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+TOKEN_GUARD_SCRIPT = Path(__file__).with_name("orthanc_token_guard.py")
 ORTHANC_BINARY = "Orthanc"
 
 # Orthanc closes idle connections after exactly 1 s; reusing one just then fails
@@ -49,6 +54,16 @@ def free_tcp_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class TokenGuard:
+    """What the token-checking plugin accepts: static keys and JWTs signed by a JWKS, in
+    ``header`` (the authorization plugin's TokenHttpHeaders)."""
+
+    header: str = "token"
+    keys: tuple[str, ...] = ()
+    jwks_url: str = ""
+
+
 class OrthancServer:
     """One Orthanc process with its config, storage and log under ``workdir``."""
 
@@ -61,6 +76,8 @@ class OrthancServer:
         password: str = "orthanc",  # noqa: S107 - a throwaway server on loopback
         port: int | None = None,
         gdcm: bool = True,
+        python_script: Path | None = None,
+        token_guard: TokenGuard | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.stable_age = stable_age
@@ -69,6 +86,11 @@ class OrthancServer:
         # Chosen once, so that restart() comes back on the same URL.
         self.port = port if port is not None else free_tcp_port()
         self.gdcm = gdcm
+        # Orthanc's Python plugin runs one script; the token guard is one.
+        self.python_script = TOKEN_GUARD_SCRIPT if token_guard else python_script
+        self.token_guard = token_guard
+        # The launcher's own key through the guard, for uploads and waits.
+        self._harness_key = secrets.token_hex(16)
         self._process: subprocess.Popen[bytes] | None = None
         self._supervisor: threading.Thread | None = None
         self._supervising = threading.Event()
@@ -87,6 +109,18 @@ class OrthancServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / "orthanc.log"
+
+    @property
+    def guard_log_path(self) -> Path:
+        return self.workdir / "token-guard.jsonl"
+
+    def guard_log(self) -> list[dict[str, Any]]:
+        """What the token guard saw, one entry per request: uri, arrived, exp, granted."""
+        try:
+            lines = self.guard_log_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
 
     @property
     def running(self) -> bool:
@@ -114,15 +148,34 @@ class OrthancServer:
             "KeepAlive": True,
             "HttpCompressionEnabled": False,
             "Plugins": self._plugins(),
+            **self._python_config(),
         }
 
     def _plugins(self) -> list[str]:
-        if not self.gdcm:
-            return []
-        if not GDCM_PLUGIN.exists():
-            msg = f"GDCM plugin not found at {GDCM_PLUGIN}; install orthanc-gdcm or pass gdcm=False"
-            raise OrthancServerError(msg)
-        return [str(GDCM_PLUGIN)]
+        plugins = []
+        if self.gdcm:
+            plugins.append(_plugin(GDCM_PLUGIN, "orthanc-gdcm", "pass gdcm=False"))
+        if self.python_script is not None:
+            plugins.append(_plugin(PYTHON_PLUGIN, "orthanc-python", "pass no script"))
+        return plugins
+
+    def _python_config(self) -> dict[str, Any]:
+        if self.python_script is None:
+            return {}
+        config: dict[str, Any] = {"PythonScript": str(self.python_script)}
+        guard = self.token_guard
+        if guard is not None:
+            import jwt  # the plugin needs PyJWT from this environment
+
+            config["AuthenticationEnabled"] = False  # the guard decides, as with the plugin
+            config["TokenGuard"] = {
+                "Headers": [guard.header],
+                "Keys": [self._harness_key, *guard.keys],
+                "JwksUrl": guard.jwks_url,
+                "SitePackages": [str(Path(jwt.__file__).parents[1])],
+                "Log": str(self.guard_log_path),
+            }
+        return config
 
     def start(self, timeout: float = 15.0) -> None:
         """Write the config, start Orthanc and wait until ``GET /system`` answers 200."""
@@ -266,9 +319,15 @@ class OrthancServer:
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         """A new authenticated client; the caller closes it (use ``with``)."""
+        guard = self.token_guard
+        headers = {}
+        if guard is not None:
+            scheme = "Bearer " if guard.header.lower() == "authorization" else ""
+            headers[guard.header] = scheme + self._harness_key
         return httpx.Client(
             base_url=self.url,
-            auth=(self.username, self.password),
+            auth=None if guard else (self.username, self.password),
+            headers=headers,
             timeout=timeout,
             limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_EXPIRY),
         )
@@ -313,6 +372,12 @@ class OrthancServer:
                 return unstable
             announced = _stable_study_changes(client)
         return unstable | (set(ids) - announced)
+
+
+def _plugin(path: Path, package: str, otherwise: str) -> str:
+    if not path.exists():
+        raise OrthancServerError(f"plugin not found at {path}; install {package} or {otherwise}")
+    return str(path)
 
 
 def _post_instance(client: httpx.Client, dicom: bytes) -> dict[str, Any]:

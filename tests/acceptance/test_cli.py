@@ -14,6 +14,9 @@ import pytest
 
 from orthanc_openmrs.config import Settings
 from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
+from orthanc_openmrs_devtools.keycloak_double import KeycloakDouble
+from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
+from orthanc_openmrs_devtools.orthanc_server import OrthancServer, TokenGuard
 from support import env_for, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +28,7 @@ def _command() -> list[str]:
 
 
 def _clean_environment() -> dict[str, str]:
-    prefixes = ("ORTHANC_", "OPENMRS_", "SYNC_", "EIP_")
+    prefixes = ("ORTHANC_", "OPENMRS_", "SYNC_", "EIP_", "OAUTH_")
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
@@ -130,6 +133,66 @@ def test_wrong_openmrs_password_stops_after_one_try(orthanc, openmrs, database) 
     assert not openmrs.is_locked("admin")
 
 
+def test_wrong_client_secret_stops_with_exit_3(orthanc, database) -> None:
+    """Under SSO, a client secret Keycloak refuses stops `sync` at once with exit 3, naming
+    Keycloak's answer and the OAUTH_ settings, after one token request."""
+    with (
+        KeycloakDouble({"eip": "right"}) as keycloak,
+        OpenMRSDouble(sso_keys_url=keycloak.certs_url) as sso,
+    ):
+        sso.add_patient(["P001"])
+        load(orthanc, StudySpec("a"))
+        env = {
+            **env_for(orthanc, sso, database),
+            "OPENMRS_USER": "",
+            "OPENMRS_PASSWORD": "",
+            "OAUTH_ENABLED": "true",
+            "OAUTH_ACCESS_TOKEN_URL": keycloak.token_url,
+            "OAUTH_CLIENT_ID": "eip",
+            "OAUTH_CLIENT_SECRET": "not-the-secret-x9",
+        }
+        done = _run(env, "sync")
+        assert done.returncode == 3, done.stderr
+        assert "Invalid client or Invalid client credentials" in done.stderr
+        assert "OAUTH_CLIENT_SECRET" in done.stderr
+        assert "not-the-secret-x9" not in done.stderr
+        assert keycloak.refused == 1
+        assert sso.attachments() == []
+        right = _run({**env, "OAUTH_CLIENT_SECRET": "right"}, "sync")
+        assert right.returncode == 0, right.stderr
+        assert len(sso.attachments()) == 1
+
+
+def test_basic_credentials_against_sso_exit_3_naming_oauth(orthanc, database) -> None:
+    """Basic credentials against an OpenMRS behind SSO stop `sync` with exit 3 and a message
+    that SSO is probably on, naming the OAUTH_ settings."""
+    with KeycloakDouble() as keycloak, OpenMRSDouble(sso_keys_url=keycloak.certs_url) as sso:
+        done = _run(env_for(orthanc, sso, database), "sync")
+    assert done.returncode == 3
+    assert "single sign-on" in done.stderr
+    assert "OAUTH_ENABLED=true" in done.stderr
+
+
+def test_orthanc_403_exits_3_and_a_token_header_syncs(openmrs, database, tmp_path) -> None:
+    """A token-guarded Orthanc: without a token `sync` exits 3 naming the token settings;
+    with ORTHANC_TOKEN_HEADER and the key it syncs."""
+    openmrs.add_patient(["P001"])
+    guarded = OrthancServer(tmp_path / "guarded", token_guard=TokenGuard("token", ("k-1",)))
+    guarded.start()
+    try:
+        load(guarded, StudySpec("a"))
+        env = env_for(guarded, openmrs, database)
+        refused = _run(env, "sync")
+        assert refused.returncode == 3
+        assert "HTTP 403" in refused.stderr
+        assert "ORTHANC_TOKEN_HEADER" in refused.stderr
+        keyed = _run({**env, "ORTHANC_TOKEN_HEADER": "token", "ORTHANC_API_KEY": "k-1"}, "sync")
+        assert keyed.returncode == 0, keyed.stderr
+    finally:
+        guarded.kill()
+    assert len(openmrs.attachments()) == 1
+
+
 def test_run_follows_changes_and_stops_on_sigterm(orthanc, openmrs, database) -> None:
     """`run` attaches a study uploaded while it runs, then exits 0 on SIGTERM; its log is
     on stdout, one JSON object a line (not a terminal)."""
@@ -164,7 +227,7 @@ def test_help_lists_every_setting() -> None:
     done = _run({}, "sync", "--help")
     assert done.returncode == 0
     for name in Settings.model_fields:
-        assert name.upper() in done.stdout or "password" in name
+        assert name.upper() in done.stdout or name.endswith(("password", "secret", "api_key"))
 
 
 @pytest.mark.parametrize(

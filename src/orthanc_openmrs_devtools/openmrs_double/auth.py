@@ -165,7 +165,7 @@ def session_resource(accounts: Accounts, call: Call, rest: str) -> Response:
     body: dict[str, Any] = {"authenticated": call.user is not None, "locale": "en"}
     body["allowedLocales"] = ["en", "es", "fr", "it", "pt"]
     if call.user is not None:
-        body["user"] = _user_json(accounts.username, call.req.base, accounts.privileges)
+        body["user"] = _user_json(call.user, call.req.base, accounts.privileges)
         body["sessionLocation"] = None
         body["currentProvider"] = None
     return json_response(200, body)

@@ -64,6 +64,8 @@ class RecordedRequest:
     path: str
     query: dict[str, list[str]]
     status: int = 0
+    arrived: float = 0.0  # epoch seconds
+    token_expires: float | None = None  # the `exp` of the JWT it carried, if any
 
 
 # --------------------------------------------------------------------------------------------

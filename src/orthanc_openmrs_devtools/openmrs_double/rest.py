@@ -44,9 +44,16 @@ class RestApi:
         }
 
     def answer(
-        self, req: Request, session: Session, *, stale: bool, generation: Generation
+        self,
+        req: Request,
+        session: Session,
+        *,
+        stale: bool,
+        generation: Generation,
+        basic: bool = True,
     ) -> Response:
-        refused = self._accounts.basic_login(req, session)
+        # Under single sign-on the Basic login is inactive (sso.py).
+        refused = self._accounts.basic_login(req, session) if basic else None
         privileges = self._accounts.privileges if session.user is not None else None
         call = Call(req, session.user, stale, generation, privileges)
         if stale:

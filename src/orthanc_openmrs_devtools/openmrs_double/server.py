@@ -29,6 +29,7 @@ from orthanc_openmrs_devtools.openmrs_double.model import (
 )
 from orthanc_openmrs_devtools.openmrs_double.rest import RestApi
 from orthanc_openmrs_devtools.openmrs_double.server_info import ServerInfo
+from orthanc_openmrs_devtools.openmrs_double.sso import SingleSignOn, token_expiry
 from orthanc_openmrs_devtools.openmrs_double.wire import CONTEXT_PATH, FHIR, Request
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class OpenMRSDouble:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ssl.SSLContext | None = None,
+        sso_keys_url: str | None = None,
     ) -> None:
         """`tls`: serve HTTPS with this server context (its certificate), as a real OpenMRS
         behind a TLS terminator does."""
@@ -60,6 +62,8 @@ class OpenMRSDouble:
         self._tls = tls
         # False: an OpenMRS without the FHIR2 module (its URLs are Tomcat's 404 page).
         self.fhir_module = True
+        # Single sign-on (oauth2login) verifying tokens against this JWKS; None: Basic.
+        self.sso = SingleSignOn(sso_keys_url) if sso_keys_url else None
         # Seconds slept before each request is handled; may be changed at any time.
         self.latency = latency
         self._host = host
@@ -300,9 +304,11 @@ class OpenMRSDouble:
 
     # -- request entry (called by the HTTP handler) --------------------------------------
 
-    def _record(self, method: str, path: str, query: dict[str, list[str]]) -> RecordedRequest:
+    def _record(
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> RecordedRequest:
         relative = path.removeprefix(CONTEXT_PATH) if path.startswith(CONTEXT_PATH + "/") else path
-        record = RecordedRequest(method, relative, query)
+        record = RecordedRequest(method, relative, query, 0, time.time(), token_expiry(headers))
         with self._lock:
             self._requests.append(record)
         return record
@@ -319,8 +325,13 @@ class OpenMRSDouble:
             if not (req.path.startswith("/ws/rest/") or fhir):
                 return html_page(404, f"The requested resource [{req.path}] is not available")
             session, new_id, stale = self._accounts.session_for(req)
-            if req.path.startswith("/ws/rest/"):
-                response = self._rest.answer(req, session, stale=stale, generation=self.generation)
+            redirect = self.sso.filter(req, session) if self.sso is not None else None
+            if redirect is not None:
+                response = redirect
+            elif req.path.startswith("/ws/rest/"):
+                response = self._rest.answer(
+                    req, session, stale=stale, generation=self.generation, basic=self.sso is None
+                )
             else:
                 response = self._fhir.answer(req, session)
             if new_id is not None:
@@ -394,11 +405,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         split = urlsplit(self.path)
         query = parse_qs(split.query, keep_blank_values=True)
-        record = double._record(self.command, split.path, query)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        record = double._record(self.command, split.path, query, headers)
         if double.latency > 0:
             time.sleep(double.latency)
         host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
-        headers = {name.lower(): value for name, value in self.headers.items()}
         # Paths outside the context path get a marker no route matches, so they answer 404.
         relative = split.path.removeprefix(CONTEXT_PATH)
         if not split.path.startswith(CONTEXT_PATH + "/"):
