@@ -342,7 +342,7 @@ class OrthancClient:
             self.requests += 1
         try:
             with self._client.stream(
-                "GET", path, headers={"Accept": "application/dicom"}
+                "GET", path, headers={"Accept": "application/dicom", **self._auth.headers()}
             ) as response:
                 if response.status_code >= 300:
                     response.read()  # the error's JSON body, for the message

@@ -1,7 +1,7 @@
-"""No patient data in the log: whole passes of `run` (synced, unmatched, ambiguous, mismatch,
-failed),
-then a start with refused credentials, over studies whose DICOM carries distinctive fake PHI;
-none of it appears anywhere in what the processes wrote (stdout and stderr)."""
+"""No patient data in the log: whole passes of `run` (synced, a study card, unmatched,
+ambiguous, mismatch, failed), then a start with refused credentials, over studies whose DICOM
+carries distinctive fake PHI; none of it appears anywhere in what the processes wrote (stdout
+and stderr)."""
 
 from __future__ import annotations
 
