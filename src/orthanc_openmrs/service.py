@@ -367,6 +367,7 @@ class Service:
                 except RenderCrashed as exc:
                     self._charge(exc, claimed.orthanc_id)
                     failure = failure or exc
+                    self.store.release([claimed.orthanc_id])  # tried again by any process
                     continue
                 except BaseException as exc:
                     failure = failure or exc

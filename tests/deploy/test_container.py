@@ -105,7 +105,9 @@ def test_image_holds_the_service_not_the_test_tooling(image) -> None:
     )
     assert done.returncode == 1
     assert "No module named 'orthanc_openmrs_devtools'" in done.stderr
-    assert image["size_bytes"] < 200e6
+    # 77 MB of Debian base, the service and its libraries; numpy, pydicom and the JPEG codecs
+    # (local decoding) make up most of the rest: 271 MB when measured.
+    assert image["size_bytes"] < 320e6
 
 
 def test_sync_in_the_container_attaches(image, orthanc, openmrs, volume) -> None:
