@@ -23,7 +23,7 @@ import httpx
 from httpx_auth import GrantNotProvided, InvalidGrantRequest, OAuth2ClientCredentials
 
 from orthanc_openmrs.errors import TokenEndpointError, TokenRefused
-from orthanc_openmrs.transport import basic_auth, unreachable
+from orthanc_openmrs.transport import Verify, basic_auth, unreachable
 
 if TYPE_CHECKING:
     from orthanc_openmrs.config import Settings
@@ -136,6 +136,7 @@ class ClientCredentials:
         header: str = "Authorization",
         settings_prefix: str = "OAUTH_",
         timeout: float = 30.0,
+        verify: Verify = True,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -146,8 +147,10 @@ class ClientCredentials:
         self._prefix = settings_prefix
         self._clock = clock
         self._statuses: list[int] = []
+        # The token endpoint sits behind the same hospital CA as the servers (SYNC_CA_BUNDLE).
         self._client = httpx.Client(
             timeout=timeout,
+            verify=verify,
             follow_redirects=False,
             transport=transport,
             event_hooks={"response": [lambda r: self._statuses.append(r.status_code)]},
@@ -249,7 +252,7 @@ def _seconds(value: Any) -> float:
     return seconds if seconds > 0 else DEFAULT_LIFETIME
 
 
-def openmrs_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
+def openmrs_auth(settings: Settings, *, timeout: float = 30.0, verify: Verify = True) -> Auth:
     """OpenMRS's way in: Ozone's OAUTH_* client credentials when OAUTH_ENABLED, else Basic."""
     if settings.oauth_enabled:
         return ClientCredentials(
@@ -259,6 +262,7 @@ def openmrs_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
             scope=settings.oauth_client_scope,
             settings_prefix="OAUTH_",
             timeout=timeout,
+            verify=verify,
         )
     return BasicAuth(
         settings.openmrs_user,
@@ -267,7 +271,7 @@ def openmrs_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
     )
 
 
-def orthanc_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
+def orthanc_auth(settings: Settings, *, timeout: float = 30.0, verify: Verify = True) -> Auth:
     """Orthanc's way in: a token in ORTHANC_TOKEN_HEADER (a static key, or a client-credentials
     token of Orthanc's own client), else Basic (or nothing without ORTHANC_USER)."""
     header = settings.orthanc_token_header.strip()
@@ -280,6 +284,7 @@ def orthanc_auth(settings: Settings, *, timeout: float = 30.0) -> Auth:
             header=header,
             settings_prefix="ORTHANC_OAUTH_",
             timeout=timeout,
+            verify=verify,
         )
     if header:
         key = settings.orthanc_api_key.get_secret_value()

@@ -214,14 +214,14 @@ def _clients(settings: Settings, monitor: Monitor | None) -> tuple[OrthancClient
     verify = tls_verification(settings.sync_ca_bundle)
     orthanc = OrthancClient(
         settings.orthanc_url,
-        auth=auth.orthanc_auth(settings, timeout=settings.sync_http_timeout),
+        auth=auth.orthanc_auth(settings, timeout=settings.sync_http_timeout, verify=verify),
         timeout=settings.sync_http_timeout,
         verify=verify,
         observe=monitor.observer("orthanc") if monitor else None,
     )
     openmrs = OpenMRSClient(
         settings.openmrs_url,
-        auth=auth.openmrs_auth(settings, timeout=settings.sync_http_timeout),
+        auth=auth.openmrs_auth(settings, timeout=settings.sync_http_timeout, verify=verify),
         timeout=settings.sync_http_timeout,
         verify=verify,
         observe=monitor.observer("openmrs") if monitor else None,

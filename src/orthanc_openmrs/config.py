@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     orthanc_oauth_client_secret: SecretStr = Field(
         SecretStr(""), description="OAuth2 client secret for Orthanc"
     )
+    orthanc_oauth_client_secret_file: Path | None = Field(
+        None,
+        description="File holding Orthanc's OAuth2 client secret (instead of "
+        "ORTHANC_OAUTH_CLIENT_SECRET)",
+    )
     orthanc_oauth_client_scope: str = Field("", description="OAuth2 scope for Orthanc's token")
     orthanc_public_url: str = Field(
         description="Base of the viewer link in captions, as clinicians reach Orthanc"
@@ -387,6 +392,14 @@ def _check_orthanc_token(settings: Settings) -> None:
         except OSError as exc:
             raise ConfigError(f"ORTHANC_API_KEY_FILE: cannot read it: {exc.strerror}") from exc
         settings.orthanc_api_key = SecretStr(key)
+    if settings.orthanc_oauth_client_secret_file is not None:
+        try:
+            secret = settings.orthanc_oauth_client_secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"ORTHANC_OAUTH_CLIENT_SECRET_FILE: cannot read it: {exc.strerror}"
+            ) from exc
+        settings.orthanc_oauth_client_secret = SecretStr(secret)
     has_key = bool(settings.orthanc_api_key.get_secret_value())
     has_oauth = bool(settings.orthanc_oauth_access_token_url)
     header = settings.orthanc_token_header.strip()

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import secrets
+import ssl
 import sys
 import threading
 import time
@@ -43,8 +44,12 @@ class KeycloakDouble:
         realm: str = "ozone",
         lifetime: float = DEFAULT_LIFETIME,
         host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: serve HTTPS with this server context (its certificate), as Keycloak behind a
+        hospital's internal CA does."""
         self.realm = realm
+        self._tls = tls
         self.clients = dict(clients or {"eip-openmrs-orthanc": "eip-secret"})
         # Seconds each new token lives; may be changed at any time.
         self.lifetime = lifetime
@@ -65,6 +70,8 @@ class KeycloakDouble:
         if self._server is not None:
             return
         self._server = _Server((self._host, 0), _Handler, self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -99,7 +106,8 @@ class KeycloakDouble:
         if self._server is None:
             raise RuntimeError("the Keycloak double is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://{host!s}:{port}"
 
     @property
     def issuer(self) -> str:

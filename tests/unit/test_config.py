@@ -47,6 +47,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ORTHANC_OAUTH_ACCESS_TOKEN_URL",
         "ORTHANC_OAUTH_CLIENT_ID",
         "ORTHANC_OAUTH_CLIENT_SECRET",
+        "ORTHANC_OAUTH_CLIENT_SECRET_FILE",
     ]:
         monkeypatch.delenv(name, raising=False)
 
@@ -263,3 +264,22 @@ def test_orthanc_token_settings_go_together(
     key.write_text("from-file\n", encoding="utf-8")
     monkeypatch.setenv("ORTHANC_API_KEY_FILE", str(key))
     assert load_settings().orthanc_api_key.get_secret_value() == "from-file"
+
+
+def test_orthanc_client_secret_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Orthanc's own OAuth2 client secret may come from a file (a Docker secret), as
+    OAUTH_CLIENT_SECRET_FILE does for OpenMRS's; an unreadable one is named."""
+    _env(
+        monkeypatch,
+        ORTHANC_TOKEN_HEADER="Authorization",
+        ORTHANC_OAUTH_ACCESS_TOKEN_URL="http://kc/realms/o/protocol/openid-connect/token",
+        ORTHANC_OAUTH_CLIENT_ID="orthanc-sync",
+        ORTHANC_OAUTH_CLIENT_SECRET_FILE=str(tmp_path / "missing"),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.message.startswith("ORTHANC_OAUTH_CLIENT_SECRET_FILE: cannot read it")
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n", encoding="utf-8")
+    monkeypatch.setenv("ORTHANC_OAUTH_CLIENT_SECRET_FILE", str(secret))
+    assert load_settings().orthanc_oauth_client_secret.get_secret_value() == "from-file"

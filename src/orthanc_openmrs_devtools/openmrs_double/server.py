@@ -55,6 +55,7 @@ class OpenMRSDouble:
         port: int = 0,
         tls: ssl.SSLContext | None = None,
         sso_keys_url: str | None = None,
+        sso_trust: ssl.SSLContext | None = None,
     ) -> None:
         """`tls`: serve HTTPS with this server context (its certificate), as a real OpenMRS
         behind a TLS terminator does."""
@@ -63,7 +64,7 @@ class OpenMRSDouble:
         # False: an OpenMRS without the FHIR2 module (its URLs are Tomcat's 404 page).
         self.fhir_module = True
         # Single sign-on (oauth2login) verifying tokens against this JWKS; None: Basic.
-        self.sso = SingleSignOn(sso_keys_url) if sso_keys_url else None
+        self.sso = SingleSignOn(sso_keys_url, sso_trust) if sso_keys_url else None
         # Seconds slept before each request is handled; may be changed at any time.
         self.latency = latency
         self._host = host

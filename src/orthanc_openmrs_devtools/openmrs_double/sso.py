@@ -13,6 +13,7 @@ Basic credentials are not used: SSO makes the REST module's Basic login inactive
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -56,8 +57,9 @@ def token_expiry(headers: Mapping[str, str]) -> float | None:
 
 
 class SingleSignOn:
-    def __init__(self, keys_url: str) -> None:
+    def __init__(self, keys_url: str, trust: ssl.SSLContext | None = None) -> None:
         self._keys_url = keys_url
+        self._trust = trust
         self._keys: jwt.PyJWKSet | None = None
         self._lock = threading.Lock()
         self.verified = 0
@@ -96,6 +98,8 @@ class SingleSignOn:
         # JwtUtils reads the keys once (keysInitialized) and keeps them.
         with self._lock:
             if self._keys is None:
-                with urllib.request.urlopen(self._keys_url, timeout=10) as answer:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310
+                    self._keys_url, timeout=10, context=self._trust
+                ) as answer:
                     self._keys = jwt.PyJWKSet.from_dict(json.loads(answer.read()))
             return self._keys
