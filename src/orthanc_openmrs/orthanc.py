@@ -338,29 +338,29 @@ class OrthancClient:
         """The instance's DICOM file as stored, refused past max_bytes (read as it streams, so
         a huge file never sits in memory whole)."""
         path = f"/instances/{_seg(instance_id)}/file"
-        with self._lock:
-            self.requests += 1
-        try:
-            with self._client.stream(
-                "GET", path, headers={"Accept": "application/dicom", **self._auth.headers()}
-            ) as response:
-                if response.status_code >= 300:
-                    response.read()  # the error's JSON body, for the message
-                self._check("GET", path, response)
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise OrthancError(
-                            f"Orthanc GET {path}: the file is over {max_bytes} bytes",
-                            retryable=False,
-                        )
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise OrthancError(
-                describe("Orthanc", "GET", path, exc), unavailable=unreachable(exc)
-            ) from exc
-        return b"".join(chunks)
+        renewed = False
+        while True:
+            with self._lock:
+                self.requests += 1
+            headers = {"Accept": "application/dicom", **self._auth.headers()}
+            try:
+                with self._client.stream("GET", path, headers=headers) as response:
+                    if response.status_code >= 300:
+                        response.read()  # the error's JSON body, for the message
+                    # A read, so one more try with a fresh token is as safe as in _send.
+                    if (
+                        response.status_code in (401, 403)
+                        and not renewed
+                        and self._auth.renew(headers)
+                    ):
+                        renewed = True
+                        continue
+                    self._check("GET", path, response)
+                    return _bounded(response, path, max_bytes)
+            except httpx.HTTPError as exc:
+                raise OrthancError(
+                    describe("Orthanc", "GET", path, exc), unavailable=unreachable(exc)
+                ) from exc
 
     def pdf(self, instance_id: str) -> bytes:
         return self._send(
@@ -372,6 +372,18 @@ class OrthancClient:
         """Orthanc's version and the plugins it loaded (`orthanc-openmrs check`)."""
         version = str(self._json("/system").get("Version", ""))
         return OrthancSystem(version, tuple(str(p) for p in self._json("/plugins")))
+
+
+def _bounded(response: httpx.Response, path: str, max_bytes: int) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise OrthancError(
+                f"Orthanc GET {path}: the file is over {max_bytes} bytes", retryable=False
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _series(item: Mapping[str, Any]) -> Series:

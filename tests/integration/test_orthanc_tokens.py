@@ -3,13 +3,14 @@ answering 403 like the authorization plugin."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from orthanc_openmrs.errors import OrthancAuthError
 from orthanc_openmrs.models import Outcome
+from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs_devtools.dicom_factory import StudySpec
 from orthanc_openmrs_devtools.keycloak_double import KeycloakDouble
 from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
@@ -105,3 +106,50 @@ def test_client_credentials_token_of_its_own_for_orthanc(
     assert all(entry["granted"] for entry in entries)
     assert all(float(e["arrived"]) < float(e["exp"]) for e in entries)  # type: ignore[arg-type]
     assert keycloak.issued == 1
+
+
+class _StaleFirst:
+    """A token that Orthanc has stopped accepting, then a good one once refused: what a
+    client-credentials token revoked between two requests looks like."""
+
+    def __init__(self) -> None:
+        self.key = "revoked-token"
+        self.renewals = 0
+
+    def headers(self) -> Mapping[str, str]:
+        return {"token": self.key}
+
+    def renew(self, sent: Mapping[str, str]) -> bool:
+        self.renewals += 1
+        self.key = API_KEY
+        return True
+
+    def describe(self) -> str:
+        return "a test token"
+
+    @property
+    def settings(self) -> str:
+        return "ORTHANC_API_KEY"
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_refused_token_is_renewed_for_a_file_download_too(keyed: OrthancServer) -> None:
+    """The DICOM file download (streamed, for local decoding) renews a refused token and tries
+    once more, as every other Orthanc request does, instead of failing the study."""
+    load(keyed, StudySpec("file"))
+    auth = _StaleFirst()
+    client = OrthancClient(keyed.url, auth=auth)
+    try:
+        auth.key = API_KEY
+        study_id = next(iter(client.study_id_pages()))[0]
+        instance = client.study_series(study_id)[0].instance_ids[0]
+        auth.key = "revoked-token"
+        before = len(keyed.guard_log())
+        data = client.file(instance, max_bytes=10_000_000)
+    finally:
+        client.close()
+    assert data[128:132] == b"DICM"
+    assert auth.renewals == 1
+    assert [entry["granted"] for entry in _service_entries(keyed, before)] == [False, True]
