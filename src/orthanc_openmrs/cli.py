@@ -290,6 +290,7 @@ def _review_app(settings: Settings, monitor: Monitor, store: Store) -> Iterator[
                 openmrs_url=settings.openmrs_url,
                 verify=tls_verification(settings.sync_ca_bundle),
                 timeout=settings.sync_http_timeout,
+                password_signin=not settings.oauth_enabled,
             )
         )
     finally:

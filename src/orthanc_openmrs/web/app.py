@@ -56,6 +56,8 @@ class Review:
     openmrs_url: str
     verify: Verify
     timeout: float
+    # False behind single sign-on: OpenMRS's password login is off there (oauth2login).
+    password_signin: bool = True
     failures: signin.FailedSignIns = field(default_factory=lambda: signin.FailedSignIns(time.time))
 
     @contextlib.contextmanager

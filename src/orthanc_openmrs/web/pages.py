@@ -77,6 +77,9 @@ class Handlers:
                 username=username,
                 message="Enter your OpenMRS username and password.",
             )
+        if not self.r.password_signin:
+            return page("signin.html", None, 403, token=token, username=username,
+                        message=signin.SSO_ONLY)  # fmt: skip
         locked = self.r.failures.locked(username)
         if locked:
             return page(

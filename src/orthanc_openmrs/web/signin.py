@@ -23,6 +23,10 @@ from orthanc_openmrs.transport import Verify, basic_auth
 
 FAILED_LOGINS_BEFORE_LOCKOUT = 7
 LOCKOUT_SECONDS = 300.0
+SSO_ONLY = (
+    "OpenMRS signs people in through single sign-on here, which these pages do not offer yet: "
+    "signing in with a password is not available."
+)
 
 
 @dataclass(frozen=True)
