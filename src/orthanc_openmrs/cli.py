@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import random
+import secrets
 import signal
 import sys
 import threading
@@ -26,7 +28,7 @@ from orthanc_openmrs.errors import (
     SyncError,
 )
 from orthanc_openmrs.http.metrics import LedgerReader
-from orthanc_openmrs.http.server import HttpSurface, Routes
+from orthanc_openmrs.http.server import HttpSurface, Routes, surface_app
 from orthanc_openmrs.monitor import Monitor, ready_window
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
@@ -36,6 +38,8 @@ from orthanc_openmrs.service import Service, ServiceOptions
 from orthanc_openmrs.store import Store
 from orthanc_openmrs.sync import SyncOptions
 from orthanc_openmrs.transport import tls_verification
+from orthanc_openmrs.web.app import Review, build_review_app
+from orthanc_openmrs.web.sessions import Sessions
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
 _SECRET_FIELDS = frozenset(
@@ -45,6 +49,7 @@ _SECRET_FIELDS = frozenset(
         "oauth_client_secret",
         "orthanc_api_key",
         "orthanc_oauth_client_secret",
+        "sync_web_secret",
     }
 )
 
@@ -115,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser("retry", help="try a study again now (also an ignored one)")
     retry.add_argument("study", metavar="STUDY", help="StudyInstanceUID or Orthanc ID")
+    retry.add_argument("--by", default=_who(), help="who asked (default: the current user)")
     retry.set_defaults(handler=_cmd_retry)
 
     ignore = commands.add_parser("ignore", help="leave a study alone from now on")
@@ -230,25 +236,66 @@ def _clients(settings: Settings, monitor: Monitor | None) -> tuple[OrthancClient
 
 
 @contextmanager
-def _http_surface(settings: Settings, monitor: Monitor) -> Iterator[HttpSurface | None]:
-    """/health, /ready and /metrics while `run` runs (none with SYNC_HTTP_PORT=0)."""
+def _http_surface(
+    settings: Settings, monitor: Monitor, store: Store
+) -> Iterator[HttpSurface | None]:
+    """/health, /ready and /metrics while `run` runs, and the review pages under /review/
+    (none with SYNC_HTTP_PORT=0)."""
     if settings.sync_http_port == 0:
         yield None
         return
     ledger = LedgerReader(Store(settings.sync_database, read_only=True))
     routes = Routes(monitor, ledger, ready_window=ready_window(settings.sync_poll_interval))
-    surface = HttpSurface(settings.sync_http_address, settings.sync_http_port, routes)
+    with contextlib.ExitStack() as stack:
+        stack.callback(ledger.close)
+        review = stack.enter_context(_review_app(settings, monitor, store))
+        surface = HttpSurface(
+            settings.sync_http_address, settings.sync_http_port, surface_app(routes, review)
+        )
+        try:
+            surface.start()
+        except OSError as exc:
+            where = f"{settings.sync_http_address}:{settings.sync_http_port}"
+            raise ConfigError(f"SYNC_HTTP_PORT: cannot listen on {where}: {exc.strerror}") from exc
+        try:
+            yield surface
+        finally:
+            surface.close()
+
+
+@contextmanager
+def _review_app(settings: Settings, monitor: Monitor, store: Store) -> Iterator[Any]:
+    """The review pages, with clients of their own (SYNC_WEB=false: none)."""
+    if not settings.sync_web:
+        yield None
+        return
+    # Kept in the ledger when not set, so that restarts and every process sign alike.
+    secret = settings.sync_web_secret.get_secret_value() or store.web_secret(
+        secrets.token_urlsafe(32)
+    )
+    orthanc, openmrs = _clients(settings, None)
     try:
-        surface.start()
-    except OSError as exc:
-        ledger.close()
-        where = f"{settings.sync_http_address}:{settings.sync_http_port}"
-        raise ConfigError(f"SYNC_HTTP_PORT: cannot listen on {where}: {exc.strerror}") from exc
-    try:
-        yield surface
+        yield build_review_app(
+            Review(
+                orthanc=orthanc,
+                openmrs=openmrs,
+                database=settings.sync_database,
+                monitor=monitor,
+                open_service=lambda: build_service(settings),
+                sessions=Sessions(
+                    secret,
+                    settings.sync_web_session_hours * 3600,
+                    secure=settings.sync_web_secure_cookie,
+                ),
+                openmrs_url=settings.openmrs_url,
+                verify=tls_verification(settings.sync_ca_bundle),
+                timeout=settings.sync_http_timeout,
+                password_signin=not settings.oauth_enabled,
+            )
+        )
     finally:
-        surface.close()
-        ledger.close()
+        orthanc.close()
+        openmrs.close()
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -286,7 +333,10 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     code = EXIT_OK
-    with build_service(settings) as service, _http_surface(settings, service.monitor) as http:
+    with (
+        build_service(settings) as service,
+        _http_surface(settings, service.monitor, service.store) as http,
+    ):
         log.info(
             "service.started",
             orthanc=logs.safe_url(settings.orthanc_url),
@@ -391,7 +441,7 @@ def _cmd_link(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     with build_service(settings) as service:
         service.openmrs.check_credentials()
-        report.print_results(service.sync_now(args.study, reset=True))
+        report.print_results(service.retry(args.study, args.by))
     return EXIT_OK
 
 

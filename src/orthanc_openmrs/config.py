@@ -36,6 +36,7 @@ TEMPLATE_FIELDS = frozenset({"public_url", "study_uid", "orthanc_id"})
 _PASSWORDS = {
     "orthanc_password": ("orthanc_password",),
     "openmrs_password": ("openmrs_password", "eip_fhir_password"),
+    "sync_web_secret": ("sync_web_secret",),
 }
 
 # The --config file's values, for the lowest-priority settings source while Settings is built.
@@ -217,6 +218,29 @@ class Settings(BaseSettings):
         "such studies with their reason instead)",
     )
 
+    # -- the review pages ------------------------------------------------------------------
+    sync_web: bool = Field(
+        True,
+        description="Serve the review pages under /review/ on run's HTTP surface (people sign "
+        "in with their OpenMRS accounts)",
+    )
+    sync_web_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key signing the review pages' session cookies, 32 characters at least "
+        "(empty: one is made and kept in the ledger, shared by every process on it)",
+    )
+    sync_web_secret_file: Path | None = Field(
+        None, description="File holding SYNC_WEB_SECRET instead (Docker secrets)"
+    )
+    sync_web_session_hours: float = Field(
+        8.0, gt=0, le=24 * 30, description="Hours a sign-in to the review pages lasts"
+    )
+    sync_web_secure_cookie: bool = Field(
+        False,
+        description="Mark the session cookie Secure (set it when the pages are reached over "
+        "HTTPS, as behind a TLS proxy)",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -246,6 +270,14 @@ class Settings(BaseSettings):
         if ":" in secret:
             # OpenMRS splits Basic credentials on every ':' and would see a shorter password.
             raise ValueError("must not contain ':' (OpenMRS cuts Basic passwords at the colon)")
+        return value
+
+    @field_validator("sync_web_secret")
+    @classmethod
+    def _web_secret(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if secret and len(secret) < 32:
+            raise ValueError("must be 32 characters at least (or empty: one is made)")
         return value
 
     @field_validator("sync_ca_bundle")

@@ -355,19 +355,13 @@ class OpenMRSClient:
     # -- the server itself (`orthanc-openmrs check`) -----------------------------------------
     def whoami(self) -> OpenMRSUser | None:
         """The logged-in user, or None when OpenMRS refuses the credentials: one login."""
-        data = self._get(f"{REST}/session", {})
-        if not data.get("authenticated"):
-            return None
-        user = data.get("user") or {}
+        return session_user(self._get(f"{REST}/session", {}))
 
-        def names(items: Any) -> frozenset[str]:
-            return frozenset(str(i.get("name") or i.get("display") or "") for i in items or [])
-
-        return OpenMRSUser(
-            username=str(user.get("username") or user.get("display") or ""),
-            privileges=names(user.get("privileges")),
-            roles=names(user.get("roles")),
-        )
+    def search_patients(self, query: str, limit: int) -> list[OpenMRSPatient]:
+        """OpenMRS's own patient search (by name or identifier, fuzzy), its first `limit`
+        hits; fewer than REST_MIN_SEARCH characters find nothing there."""
+        data = self._get(f"{REST}/patient", {"q": query, "v": _PATIENT_REP, "limit": limit})
+        return [_rest_patient(item) for item in data.get("results", [])]
 
     def modules(self) -> list[OpenMRSModule]:
         """The modules OpenMRS loaded, with their versions (any logged-in user may list them)."""
@@ -416,6 +410,22 @@ def _to_sso(response: httpx.Response) -> bool:
 
 def _refused(response: httpx.Response) -> bool:
     return response.status_code == 401 or _to_sso(response)
+
+
+def session_user(data: Any) -> OpenMRSUser | None:
+    """The user of a `GET /session` answer, or None when it is not authenticated."""
+    if not isinstance(data, dict) or data.get("authenticated") is not True:
+        return None
+    user = data.get("user") or {}
+
+    def names(items: Any) -> frozenset[str]:
+        return frozenset(str(i.get("name") or i.get("display") or "") for i in items or [])
+
+    return OpenMRSUser(
+        username=str(user.get("username") or user.get("display") or ""),
+        privileges=names(user.get("privileges")),
+        roles=names(user.get("roles")),
+    )
 
 
 def _has_next(data: Mapping[str, Any]) -> bool:

@@ -509,6 +509,18 @@ class Service:
             syncer = self._syncer()
             return [self._sync_one(syncer, orthanc_id, reset=False) for orthanc_id in ids]
 
+    def retry(self, reference: str, by: str) -> list[StudyResult]:
+        """A person's decision: try the study again now (an ignored one too), in the audit
+        trail with who asked."""
+        ids = self.resolve(reference)
+        with self._leased(ids):
+            for orthanc_id in ids:
+                row = self.store.get(orthanc_id)
+                uid = row.study_uid if row else ""
+                self.upkeep.audit((orthanc_id, uid), "retry", "", "", f"retried by {by}")
+            syncer = self._syncer()
+            return [self._sync_one(syncer, orthanc_id, reset=True) for orthanc_id in ids]
+
     def ignore(self, reference: str, by: str, reason: str) -> list[StudyRow]:
         rows = []
         ids = self.resolve(reference)

@@ -993,6 +993,70 @@ class Store:
             for r in self._query(sql + " ORDER BY id", params)
         ]
 
+    # -- the review pages ------------------------------------------------------------------
+    # Read-only queries for web/ (and one get-or-create of its signing secret), in SQL that
+    # any SQL database runs: bound parameters, LIKE, LIMIT/OFFSET.
+    def review_page(
+        self, states: Sequence[State], text: str, limit: int, offset: int
+    ) -> tuple[list[StudyRow], int]:
+        """One page of the studies in `states` (oldest change first), those whose identity,
+        reason or UID holds `text` when given, and how many there are in all."""
+        marks = ",".join("?" for _ in states) or "''"
+        where = f"state IN ({marks})"
+        params: list[object] = [s.value for s in states]
+        if text:
+            pattern = "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+            fields = ("dicom_patient_id", "patient_name", "description", "reason", "study_uid")
+            where += " AND (" + " OR ".join(f"{f} LIKE ? ESCAPE '!'" for f in fields) + ")"
+            params += [pattern] * len(fields)
+        (total,) = self._query(f"SELECT COUNT(*) FROM studies WHERE {where}", params)[0]  # noqa: S608
+        rows = self._query(
+            f"SELECT * FROM studies WHERE {where} "  # noqa: S608
+            "ORDER BY updated_at, orthanc_id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [_row(r) for r in rows], int(total)
+
+    def recent_failures(self, limit: int) -> list[StudyRow]:
+        """The studies that failed most recently, newest first."""
+        rows = self._query(
+            "SELECT * FROM studies WHERE state = 'failed' "
+            "ORDER BY updated_at DESC, orthanc_id LIMIT ?",
+            (limit,),
+        )
+        return [_row(r) for r in rows]
+
+    def review_audit(self, limit: int, offset: int) -> tuple[list[AuditRow], int]:
+        """One page of the audit trail, newest first, and its length."""
+        (total,) = self._query("SELECT COUNT(*) FROM audit")[0]
+        rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
+        return [
+            AuditRow(
+                at=float(r["at"]),
+                orthanc_id=r["orthanc_id"],
+                study_uid=r["study_uid"],
+                action=r["action"],
+                patient_uuid=r["patient_uuid"],
+                attachment_uuid=r["attachment_uuid"],
+                reason=r["reason"],
+            )
+            for r in rows
+        ], int(total)
+
+    def web_secret(self, new: str) -> str:
+        """The review pages' cookie-signing secret: `new` if none is kept yet, else the kept
+        one, so that every process on the ledger and every restart sign alike."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('web_secret', ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                (new,),
+            )
+            (value,) = db.execute("SELECT value FROM meta WHERE key = 'web_secret'").fetchone()
+        return str(value)
+
+    # -- end of the review pages' queries ----------------------------------------------------
+
 
 def _create_private(path: Path) -> None:
     """A new ledger is readable by its owner only: it holds patients' identifiers and names.

@@ -106,7 +106,8 @@ def test_image_holds_the_service_not_the_test_tooling(image) -> None:
     assert done.returncode == 1
     assert "No module named 'orthanc_openmrs_devtools'" in done.stderr
     # 77 MB of Debian base, the service and its libraries; numpy, pydicom and the JPEG codecs
-    # (local decoding) make up most of the rest: 271 MB when measured.
+    # (local decoding) make up most of the rest; the review pages add about 5 MB: 276 MB when
+    # measured.
     assert image["size_bytes"] < 320e6
 
 
@@ -130,8 +131,9 @@ def test_sync_in_the_container_attaches(image, orthanc, openmrs, volume) -> None
 
 
 def test_run_in_the_container_answers_health(image, orthanc, openmrs, volume) -> None:
-    """`run` (the image's default) serves /health and /ready on its port, its HEALTHCHECK
-    passes, its log is JSON, and it stops cleanly."""
+    """`run` (the image's default) serves /health and /ready on its port, and the review
+    pages with their templates and style sheet; its HEALTHCHECK passes, its log is JSON, and
+    it stops cleanly."""
     port = free_tcp_port()
     name = f"orthanc-openmrs-run-{secrets.token_hex(4)}"
     _podman(
@@ -153,6 +155,11 @@ def test_run_in_the_container_answers_health(image, orthanc, openmrs, volume) ->
         assert ready is not None, _podman("logs", name).stdout
         assert ready.status_code == 200, _podman("logs", name).stdout
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+        signin = httpx.get(f"http://127.0.0.1:{port}/review/signin", timeout=5)
+        assert signin.status_code == 200
+        assert 'name="password"' in signin.text
+        style = httpx.get(f"http://127.0.0.1:{port}/review/static/style.css", timeout=5)
+        assert style.status_code == 200
         assert _podman("healthcheck", "run", name, check=False).returncode == 0
         _podman("stop", "--time", "20", name, timeout=60)
         state = json.loads(_podman("inspect", name).stdout)[0]["State"]

@@ -22,4 +22,11 @@ def test_the_wheel_carries_the_service_and_no_test_tooling(tmp_path: Path) -> No
     (wheel,) = tmp_path.glob("orthanc_openmrs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"orthanc_openmrs/cli.py", "orthanc_openmrs/http/server.py"} <= set(names)
+    # The review pages' templates and style sheet travel with the code.
+    assert {
+        "orthanc_openmrs/web/app.py",
+        "orthanc_openmrs/web/templates/base.html",
+        "orthanc_openmrs/web/templates/queue.html",
+        "orthanc_openmrs/web/static/style.css",
+    } <= set(names)
     assert [n for n in names if "devtools" in n or "openmrs_double" in n] == []

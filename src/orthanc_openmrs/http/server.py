@@ -1,19 +1,25 @@
-"""The HTTP surface: a stdlib threading HTTP server in a daemon thread, GET and HEAD only.
-
-Three read-only routes need no framework; the stdlib keeps the image small and adds no
-dependency or event loop to a service that is threads throughout.
+"""The HTTP surface: one ASGI app served by uvicorn in a daemon thread. `/health`, `/ready` and
+`/metrics` answer GET and HEAD only and change nothing; the review pages (web/), when given,
+live under `/review/` on the same port, so that one port is published, proxied and given TLS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from orthanc_openmrs.http import health
 from orthanc_openmrs.http.metrics import CONTENT_TYPE, LedgerReader, Metrics
@@ -22,10 +28,13 @@ from orthanc_openmrs.monitor import Monitor
 log = structlog.get_logger("orthanc_openmrs")
 
 _JSON = "application/json"
+_PROBES = ("/health", "/ready", "/metrics")
+# Every method a client may send: those that are not GET or HEAD get 501, as before.
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 class Routes:
-    """What each path answers: (status, content type, body)."""
+    """What each probe path answers: (status, content type, body)."""
 
     def __init__(
         self,
@@ -52,7 +61,7 @@ class Routes:
             return _verdict(verdict)
         if route == "/metrics":
             return 200, CONTENT_TYPE, self._metrics.render()
-        return 404, _JSON, _json({"error": "not found", "paths": ["/health", "/ready", "/metrics"]})
+        return 404, _JSON, _json({"error": "not found", "paths": list(_PROBES)})
 
 
 def _verdict(verdict: health.Verdict) -> tuple[int, str, bytes]:
@@ -64,70 +73,87 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, indent=1).encode() + b"\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "orthanc-openmrs"
-    sys_version = ""
+def surface_app(routes: Routes, review: ASGIApp | None = None) -> Starlette:
+    """The probes, and the review pages under /review when given."""
 
-    def do_GET(self) -> None:
-        self._reply(body=True)
-
-    def do_HEAD(self) -> None:
-        self._reply(body=False)
-
-    def _reply(self, *, body: bool) -> None:
+    def probe(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return _reply(501, _JSON, _json({"error": "only GET and HEAD"}))
         try:
-            status, content_type, payload = self.server.routes.answer(self.path)
+            # Read in a worker thread (Starlette runs plain functions there): the ledger read
+            # must not hold the event loop.
+            status, content_type, payload = routes.answer(request.url.path)
         except Exception:
-            log.exception("http.failed", path=self.path.split("?", 1)[0])
+            log.exception("http.failed", path=request.url.path)
             status, content_type, payload = 500, _JSON, _json({"error": "internal error"})
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if body:
-            self.wfile.write(payload)
+        return _reply(status, content_type, payload)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: a probe every few seconds is not news, and the log says what the loop does."""
+    def not_found(request: Request) -> Response:
+        status, content_type, payload = routes.answer(request.url.path)
+        return _reply(status, content_type, payload)
+
+    table: list[BaseRoute] = [Route(path, probe, methods=_METHODS) for path in _PROBES]
+    if review is not None:
+        table.append(Route("/review", lambda _r: RedirectResponse("/review/", 303)))
+        table.append(Mount("/review", app=review))
+    table.append(Route("/{path:path}", not_found, methods=_METHODS))
+    return Starlette(routes=table)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], routes: Routes) -> None:
-        self.routes = routes
-        super().__init__(address, _Handler)
+def _reply(status: int, content_type: str, payload: bytes) -> Response:
+    return Response(payload, status, headers={"Cache-Control": "no-store"}, media_type=content_type)
 
 
 class HttpSurface:
     """The server, listening from `start()` until `close()`."""
 
-    def __init__(self, address: str, port: int, routes: Routes) -> None:
+    def __init__(self, address: str, port: int, app: ASGIApp) -> None:
         self._address = (address, port)
-        self._routes = routes
-        self._server: _Server | None = None
+        self._app = app
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server = _Server(self._address, self._routes)
+        """Bind now, so a port in use fails here (OSError) rather than in the thread."""
+        family = socket.AF_INET6 if ":" in self._address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(self._address)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        config = uvicorn.Config(
+            self._app,
+            log_config=None,  # the service's own log says what happens; no access lines
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="http-surface",
-            daemon=True,
+            target=lambda: asyncio.run(self._serve(sock)), name="http-surface", daemon=True
         )
         self._thread.start()
 
+    async def _serve(self, sock: socket.socket) -> None:
+        assert self._server is not None
+        await self._server.serve(sockets=[sock])
+
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
+        assert self._socket is not None
+        return int(self._socket.getsockname()[1])
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None

@@ -42,6 +42,18 @@ class _Account:
     locked_at: float | None = None
 
 
+@dataclass
+class User:
+    """A user account: its password, and the privileges its roles grant (None: the System
+    Developer role, which passes every check)."""
+
+    username: str
+    password: str
+    privileges: frozenset[str] | None = None
+    role: str = "System Developer"
+    uuid: str = ADMIN_UUID
+
+
 def basic_credentials(header: str | None) -> tuple[str, str] | Literal["invalid"] | None:
     """The user and password of a Basic header; None when there is none."""
     if header is None or not header.startswith("Basic"):
@@ -80,15 +92,38 @@ def require_any(call: Call, *privileges: str) -> None:
 
 
 class Accounts:
-    """The one user account, its login failures, and the open sessions."""
+    """The user accounts (the first one the service's), their login failures, and the open
+    sessions."""
 
     def __init__(self, username: str, password: str) -> None:
         self.username = username
-        self._password = password
-        # None: the user has the System Developer role; else its only role grants these.
-        self.privileges: frozenset[str] | None = None
+        self._users: dict[str, User] = {username: User(username, password)}
         self._sessions: dict[str, Session] = {}
         self._accounts: dict[str, _Account] = {}
+
+    @property
+    def privileges(self) -> frozenset[str] | None:
+        """The first user's: None while it has the System Developer role."""
+        return self._users[self.username].privileges
+
+    @privileges.setter
+    def privileges(self, value: frozenset[str] | None) -> None:
+        user = self._users[self.username]
+        user.privileges = value
+        user.role = "System Developer" if value is None else "Imaging Integration"
+
+    def add_user(
+        self, username: str, password: str, privileges: frozenset[str] | None, role: str
+    ) -> None:
+        uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"user:{username}"))
+        self._users[username] = User(username, password, privileges, role, uuid)
+
+    def user(self, username: str | None) -> User | None:
+        return None if username is None else self._users.get(username)
+
+    def privileges_of(self, username: str | None) -> frozenset[str] | None:
+        user = self.user(username)
+        return None if user is None else user.privileges
 
     def session_for(self, req: Request) -> tuple[Session, str | None, bool]:
         """The request's session; a missing or stale cookie gets a new one (set on the reply)."""
@@ -116,7 +151,8 @@ class Accounts:
 
     def authenticate(self, username: str, password: str) -> bool:
         """The platform's login: counts failures of a known user and locks it out."""
-        if username != self.username:
+        user = self._users.get(username)
+        if user is None:
             return False  # failures are only counted against an existing account
         account = self._accounts.setdefault(username, _Account())
         if account.locked_at is not None:
@@ -126,7 +162,7 @@ class Accounts:
                 # Every attempt during a lockout, even a correct one, restarts the wait.
                 account.locked_at = time.monotonic()
                 return False
-        if password == self._password:
+        if password == user.password:
             account.failures = 0
             return True
         account.failures += 1
@@ -164,34 +200,41 @@ def session_resource(accounts: Accounts, call: Call, rest: str) -> Response:
         raise method_not_allowed(call)
     body: dict[str, Any] = {"authenticated": call.user is not None, "locale": "en"}
     body["allowedLocales"] = ["en", "es", "fr", "it", "pt"]
-    if call.user is not None:
-        body["user"] = _user_json(call.user, call.req.base, accounts.privileges)
+    user = accounts.user(call.user)
+    if user is not None:
+        body["user"] = _user_json(user, call.req.base)
         body["sessionLocation"] = None
         body["currentProvider"] = None
     return json_response(200, body)
 
 
-def _user_json(username: str, base: str, privileges: frozenset[str] | None) -> dict[str, Any]:
+def _user_json(user: User, base: str) -> dict[str, Any]:
     def link(kind: str, uuid: str) -> list[dict[str, str]]:
         return [{"rel": "self", "uri": f"{base}{REST}{kind}/{uuid}", "resourceAlias": kind}]
 
     # User.getPrivileges() gathers the privileges of the user's roles; System Developer holds
     # none of its own (every check passes for it), so its users list none.
-    role = {"uuid": _SYSTEM_DEVELOPER_UUID, "display": "System Developer"}
-    if privileges is not None:
-        role = {"uuid": _LIMITED_ROLE_UUID, "display": "Imaging Integration"}
+    role_uuid = _SYSTEM_DEVELOPER_UUID
+    if user.role != "System Developer":
+        role_uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"role:{user.role}"))
+    if user.role == "Imaging Integration":
+        role_uuid = _LIMITED_ROLE_UUID
+    role = {"uuid": role_uuid, "display": user.role, "name": user.role}
     granted = [
         {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, name)), "display": name, "name": name}
-        for name in sorted(privileges or ())
+        for name in sorted(user.privileges or ())
     ]
+    person = {"uuid": _ADMIN_PERSON_UUID, "display": "Super User"}
+    if user.uuid != ADMIN_UUID:
+        person = {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, user.uuid)), "display": ""}
     return {
-        "uuid": ADMIN_UUID,
-        "display": username,
-        "username": username,
-        "systemId": username,
+        "uuid": user.uuid,
+        "display": user.username,
+        "username": user.username,
+        "systemId": user.username,
         "userProperties": {},
-        "person": {"uuid": _ADMIN_PERSON_UUID, "display": "Super User"},
+        "person": person,
         "privileges": granted,
-        "roles": [{**role, "name": role["display"]}],
-        "links": link("user", ADMIN_UUID),
+        "roles": [role],
+        "links": link("user", user.uuid),
     }

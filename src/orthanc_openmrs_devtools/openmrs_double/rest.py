@@ -54,7 +54,7 @@ class RestApi:
     ) -> Response:
         # Under single sign-on the Basic login is inactive (sso.py).
         refused = self._accounts.basic_login(req, session) if basic else None
-        privileges = self._accounts.privileges if session.user is not None else None
+        privileges = self._accounts.privileges_of(session.user)
         call = Call(req, session.user, stale, generation, privileges)
         if stale:
             # The filter has already sent "Session timed out" but lets the request go on:

@@ -242,6 +242,20 @@ class OpenMRSDouble:
         with self._lock:
             self._accounts.privileges = None if privileges is None else frozenset(privileges)
 
+    def add_user(
+        self,
+        username: str,
+        password: str,
+        *,
+        privileges: Sequence[str] | None = None,
+        role: str = "System Developer",
+    ) -> None:
+        """Another user account with its own password and failed-login count: `privileges`
+        are what its one role (`role`) grants; None: the System Developer role (all)."""
+        with self._lock:
+            granted = None if privileges is None else frozenset(privileges)
+            self._accounts.add_user(username, password, granted, role)
+
     def stop_module(self, module_id: str) -> None:
         """Show a module as loaded but not started, as after a failed start."""
         with self._lock:
