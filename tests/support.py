@@ -12,6 +12,7 @@ from PIL import Image
 
 from orthanc_openmrs.cli import build_service
 from orthanc_openmrs.config import Settings, load_settings
+from orthanc_openmrs.ledger.location import PostgresURL
 from orthanc_openmrs.service import PassSummary, Service
 from orthanc_openmrs.store import Store
 from orthanc_openmrs_devtools.dicom_factory import StudySpec, build_study
@@ -115,6 +116,25 @@ def pass_cost(settings: Settings) -> tuple[PassSummary, int, int]:
 
 def ledger(settings: Settings) -> Store:
     return Store(settings.sync_database)
+
+
+def ledger_rows(
+    location: object, sql: str, params: tuple[object, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """Rows read straight from the ledger's database, past the store (`?` placeholders)."""
+    if isinstance(location, PostgresURL) or (isinstance(location, str) and "://" in location):
+        import psycopg
+
+        conninfo = location.conninfo if isinstance(location, PostgresURL) else location
+        with psycopg.connect(conninfo) as conn:
+            return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
+    import sqlite3
+
+    db = sqlite3.connect(str(location))
+    try:
+        return list(db.execute(sql, params).fetchall())
+    finally:
+        db.close()
 
 
 def image(data: bytes) -> Image.Image:
