@@ -118,6 +118,21 @@ def ledger(settings: Settings) -> Store:
     return Store(settings.sync_database)
 
 
+def lose_ledger(location: object) -> None:
+    """The ledger is lost (deleted file, dropped tables): the next opener starts an empty one."""
+    if isinstance(location, str) and "://" in location:
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        return
+    path = Path(str(location))
+    path.unlink()
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 def ledger_rows(
     location: object, sql: str, params: tuple[object, ...] = ()
 ) -> list[tuple[Any, ...]]:

@@ -798,6 +798,51 @@ class Store:
         )
         return [_row(r) for r in rows]
 
+    # -- moving a ledger ------------------------------------------------------------------
+    def refuse_if_worked(self, now: float) -> None:
+        """StoreError while a process holds a lease on this ledger (it must be stopped first:
+        what it wrote after the copy would be lost)."""
+        rows = self._query(
+            "SELECT (SELECT COUNT(*) FROM studies WHERE lease_owner != '' AND lease_until > :now)"
+            " + (SELECT COUNT(*) FROM leases WHERE until > :now) AS n",
+            {"now": now},
+        )
+        if int(rows[0]["n"]):
+            raise StoreError(
+                f"{self.location} is being worked by a running process (it holds leases): stop "
+                "every process using it, then move it"
+            )
+
+    def refuse_unless_empty(self) -> None:
+        marks = ",".join("?" for _ in _OWN_META)
+        rows = self._query(
+            "SELECT (SELECT COUNT(*) FROM studies) + (SELECT COUNT(*) FROM audit) "  # noqa: S608
+            f"+ (SELECT COUNT(*) FROM meta WHERE key NOT IN ({marks})) AS n",
+            _OWN_META,
+        )
+        if int(rows[0]["n"]):
+            raise StoreError(
+                f"{self.location} holds a ledger already: the move goes into an empty database "
+                "only (nothing was copied)"
+            )
+
+    def rows_to_move(self, table: str, columns: Sequence[str]) -> list[Row]:
+        order = " ORDER BY id" if table == "audit" else ""
+        marks = ",".join("?" for _ in _OWN_META)
+        where = f" WHERE key NOT IN ({marks})" if table == "meta" else ""
+        return self._query(
+            f"SELECT {', '.join(columns)} FROM {table}{where}{order}",  # noqa: S608
+            _OWN_META if where else (),
+        )
+
+    def take_rows(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in columns)})",
+                [tuple(row[c] for c in columns) for row in rows],
+            )
+
     # -- previews --------------------------------------------------------------------------
     def charge_render_crash(self, instance_id: str, orthanc_id: str, now: float) -> int:
         """Orthanc stopped answering while rendering this instance: how often it has now."""
@@ -852,6 +897,43 @@ class Store:
             )
             for r in self._query(sql + " ORDER BY id", params)
         ]
+
+
+# What moving a ledger copies, table by table: everything but the leases of the processes that
+# worked it (they are stopped; the new ledger's processes take their own). Audit rows are
+# copied in their order and numbered anew.
+_MOVED: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "studies": (
+        "orthanc_id", "study_uid", "state", "reason", "retryable", "priority", "recheck",
+        "dicom_patient_id", "patient_name", "birth_date", "patient_sex", "study_date",
+        "description", "candidates", "candidate_patients", "patient_uuid",
+        "manual_patient_uuid", "linked_by", "linked_at", "attachment_uuid", "instance_id",
+        "caption", "orthanc_last_update", "attempts", "next_attempt_at", "last_attempt_at",
+        "seen_sweep", "discovered_at", "updated_at", "synced_at", "preview_source",
+    ),
+    "study_identifiers": ("orthanc_id", "identifier"),
+    "audit": (
+        "at", "orthanc_id", "study_uid", "action", "patient_uuid", "attachment_uuid", "reason",
+    ),
+    "render_crashes": ("instance_id", "orthanc_id", "crashes", "first_at", "last_at"),
+}  # fmt: skip
+# Kept by each ledger for itself.
+_OWN_META = ("schema_version",)
+
+
+def move_ledger(source: Store, target: Store, now: float) -> dict[str, int]:
+    """Copy every row of `source` into the empty ledger `target` (one transaction): how many
+    rows of each table. Refused while a process works the source or the target holds data."""
+    source.refuse_if_worked(now)
+    target.refuse_unless_empty()
+    copied = {}
+    with target.batch():
+        for table, columns in _MOVED.items():
+            rows = source.rows_to_move(table, columns)
+            target.take_rows(table, columns, rows)
+            copied[table] = len(rows)
+    return copied
 
 
 def open_backend(location: LedgerLocation, *, read_only: bool = False) -> Backend:

@@ -16,6 +16,7 @@ steps to MIGRATIONS, applied in order like SQLite's.
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 import zlib
@@ -114,13 +115,15 @@ MIGRATIONS: dict[int, str] = {}
 _NAMESPACE = zlib.crc32(b"orthanc-openmrs")
 
 
-def _key(name: str) -> int:
+def lock_key(name: str) -> int:
+    """The advisory lock key of the shared work `name` (pg_locks shows its halves as classid
+    and objid)."""
     unsigned = _NAMESPACE << 32 | zlib.crc32(name.encode())
     return unsigned - (1 << 64) if unsigned >= 1 << 63 else unsigned
 
 
-_SCHEMA_LOCK = _key("schema")
-_CLAIMS_LOCK = _key("claims")
+_SCHEMA_LOCK = lock_key("schema")
+_CLAIMS_LOCK = lock_key("claims")
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -149,7 +152,8 @@ class PostgresBackend:
             "row_factory": dict_row,
             "connect_timeout": _CONNECT_TIMEOUT,
             "options": options,
-            "application_name": "orthanc-openmrs",
+            # Which process a session is, in pg_stat_activity (the lease owner names it too).
+            "application_name": f"orthanc-openmrs:{os.getpid()}",
         }
         self._kwargs = kwargs
         # A first connection outside the pool: its failure says why (host, password, database).
@@ -276,7 +280,7 @@ class PostgresBackend:
         try:
             row = (
                 self._lock_connection()
-                .execute("SELECT pg_try_advisory_lock(%s) AS taken", (_key(name),))
+                .execute("SELECT pg_try_advisory_lock(%s) AS taken", (lock_key(name),))
                 .fetchone()
             )
         except psycopg.Error as exc:
@@ -292,7 +296,7 @@ class PostgresBackend:
             return
         self._held.discard(name)
         try:
-            self._lock_connection().execute("SELECT pg_advisory_unlock(%s)", (_key(name),))
+            self._lock_connection().execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
         except psycopg.Error:
             self._drop_locks()  # gone with its connection anyway
 
