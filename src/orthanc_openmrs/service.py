@@ -387,7 +387,9 @@ class Service:
         ended the pass (credentials, outage) is raised once the others are recorded."""
         failure: BaseException | None = None
         with self.store.batch():
-            for future, claimed, prior in done:
+            # In the ledger's order: transactions of several processes that write many rows
+            # then take their row locks in one order, and cannot deadlock one another.
+            for future, claimed, prior in sorted(done, key=lambda d: d[1].orthanc_id):
                 try:
                     result = future.result()
                 except RenderCrashed as exc:

@@ -241,6 +241,7 @@ class Store:
         back (same PatientID and UID give the same Orthanc ID) is pending again. `uids` gives
         the StudyInstanceUID of those whose UID was read with them."""
         uids = uids or {}
+        orthanc_ids = sorted(orthanc_ids)  # row locks in one order (see Service._record_done)
         with self._tx() as db:
             new = db.executemany(
                 "INSERT INTO studies (orthanc_id, study_uid, state, priority, "
@@ -255,7 +256,7 @@ class Store:
             )
             db.executemany(
                 "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
-                [(uid, oid) for oid, uid in uids.items() if uid],
+                [(uid, oid) for oid, uid in sorted(uids.items()) if uid],
             )
             return int(new)
 
@@ -306,7 +307,7 @@ class Store:
                 "recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END "
                 "WHERE orthanc_id = ? AND state IN ('pending', 'unmatched', 'ambiguous', "
                 "'mismatch', 'failed', 'synced')",
-                [(now, LIVE, oid) for oid in orthanc_ids],
+                [(now, LIVE, oid) for oid in sorted(orthanc_ids)],
             )
 
     # -- leases ----------------------------------------------------------------------------
@@ -343,7 +344,7 @@ class Store:
         with self._tx(claims=True) as db:
             db.executemany(
                 "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
-                [(uid, oid) for oid, uid in uids.items() if uid],
+                [(uid, oid) for oid, uid in sorted(uids.items()) if uid],
             )
             busy = {
                 str(r["orthanc_id"])
@@ -728,7 +729,7 @@ class Store:
                 "next_attempt_at = CASE WHEN state = 'pending' "
                 "AND next_attempt_at > :now THEN :now ELSE next_attempt_at END "
                 "WHERE orthanc_id = :id",
-                [{"sweep": sweep, "now": now, "id": oid} for oid in orthanc_ids],
+                [{"sweep": sweep, "now": now, "id": oid} for oid in sorted(orthanc_ids)],
             )
         return new
 
