@@ -851,7 +851,7 @@ class Store:
             db.execute(
                 "INSERT INTO render_crashes (instance_id, orthanc_id, crashes, first_at, last_at) "
                 "VALUES (?, ?, 1, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
-                "crashes = crashes + 1, last_at = excluded.last_at, "
+                "crashes = render_crashes.crashes + 1, last_at = excluded.last_at, "
                 "orthanc_id = excluded.orthanc_id",
                 (instance_id, orthanc_id, now, now),
             )

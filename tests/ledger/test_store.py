@@ -304,3 +304,78 @@ def test_read_only_view_reads_what_the_writer_wrote(database: Ledger) -> None:
     finally:
         reader.close()
         store.close()
+
+
+def test_render_crashes_are_counted_per_instance(database: Ledger) -> None:
+    """Each crash while rendering an instance is counted; past the limit it is not rendered."""
+    store = Store(database)
+    assert store.charge_render_crash("i1", "s1", 1.0) == 1
+    assert store.not_to_render() == frozenset()
+    assert store.charge_render_crash("i1", "s2", 2.0) == 2
+    assert store.charge_render_crash("i2", "s2", 3.0) == 1
+    assert store.not_to_render() == frozenset({"i1"})
+    assert [(c.instance_id, c.orthanc_id, c.crashes) for c in store.render_crashes()] == [
+        ("i1", "s2", 2),
+        ("i2", "s2", 1),
+    ]
+
+
+def test_every_reading_and_person_operation_answers_alike(database: Ledger) -> None:
+    """The operations behind status, review, audit and a person's commands give the same
+    answers on both ledgers."""
+    from orthanc_openmrs.store import AuditRow
+
+    store = Store(database)
+    store.discover(
+        ["a", "b", "c"], 1.0, priority=BACKLOG, due_at=1.0, uids={"a": "1.2", "b": "1.2"}
+    )
+    for oid in ("a", "b"):
+        store.record(
+            StudyResult(
+                oid,
+                Outcome.SYNCED,
+                study_uid="1.2",
+                patient_uuid="p",
+                attachment_uuid=oid,
+                preview_source="card",
+                last_update=f"2024{oid}",
+            ),
+            State.SYNCED,
+            2.0,
+            None,
+            [AuditRow(2.0, oid, "1.2", "create", "p", oid, "")],
+        )
+    assert store.uids_synced_twice() == ["1.2"]
+    assert [r.orthanc_id for r in store.synced_with_uid("1.2", besides="a")] == ["b"]
+    assert store.preview_sources() == {"card": 2}
+    store.set_state("a", State.SUPERSEDED, "b is newer", 3.0, voided=True)
+    assert [(r.orthanc_id, r.attachment_uuid) for r in store.superseded()] == [("a", "")]
+    assert sorted(r.orthanc_id for r in store.find("1.2")) == ["a", "b"]
+    assert [a.orthanc_id for a in store.audit("1.2")] == ["a", "b"]
+    store.record(StudyResult("c", Outcome.UNMATCHED, "no patient"), State.UNMATCHED, 3.0, 9e9)
+    assert [r.orthanc_id for r in store.needing_a_person()] == ["c"]
+    store.link_manually("c", "p9", "someone", 4.0)
+    row = store.get("c")
+    assert row is not None
+    assert (row.manual_patient_uuid, row.linked_by) == ("p9", "someone")
+    store.set_state("c", State.IGNORED, "by hand", 5.0)
+    store.make_due("c", 6.0, reset=True)
+    row = store.get("c")
+    assert row is not None
+    assert (row.state, row.attempts, row.next_attempt_at) == (
+        State.PENDING,
+        0,
+        6.0,
+    )
+    store.record_waiting("c", 50.0, 7.0, study_uid="1.3")
+    store.touch("c", 8.0)
+    assert store.count_due(49.0) == 0
+    assert store.count_due(50.0) == 1
+    sweep = store.begin_sweep()
+    assert store.mark_seen(["b", "c", "d"], sweep, 9.0) == 1
+    assert [r.orthanc_id for r in store.unseen(sweep)] == []
+    store.finish_sweep(10.0)
+    assert store.last_reconcile() == 10.0
+    counts = store.counts()
+    assert (counts[State.SYNCED], counts[State.SUPERSEDED], counts[State.PENDING]) == (1, 1, 2)
+    store.close()
