@@ -7,7 +7,8 @@ corpus) and a real PostgreSQL (Debian's packages). For each OpenMRS latency, wit
 OpenMRS double and a fresh ledger each time: one `run` on SQLite, then 1, 2 and 4 `run`
 processes on one PostgreSQL database, all with default settings but the servers. Measured: the
 wall time from the first spawn until the double holds an attachment for every study (then the
-processes are stopped), studies/s, and the CPU seconds each party used meanwhile (the `run`
+processes are stopped), studies/s over it and from the first quarter of the studies on (once
+every process is at work), and the CPU seconds each party used meanwhile (the `run`
 processes, Orthanc, PostgreSQL, and this process, which hosts the double), from /proc.
 
 The CPU figures tell the two limits apart: when the parties together keep both cores busy
@@ -101,6 +102,9 @@ class Result:
     processes: int
     seconds: float
     studies: int
+    # From the first quarter of the studies attached to the last: the rate once every process
+    # is at work (a process that found nothing due at its start sleeps a poll interval).
+    steady_seconds: float
     run_cpu: list[float]
     orthanc_cpu: float
     postgres_cpu: float
@@ -109,6 +113,10 @@ class Result:
     @property
     def rate(self) -> float:
         return self.studies / self.seconds
+
+    @property
+    def steady_rate(self) -> float:
+        return (self.studies - self.studies // 4) / self.steady_seconds
 
     @property
     def busy(self) -> float:
@@ -149,11 +157,15 @@ def measure(
     ]
     try:
         deadline = started + 120 + 2.0 * len(corpus.studies)
-        while len(double.attachments()) < len(corpus.studies):
+        quarter_at = 0.0
+        while (attached := len(double.attachments())) < len(corpus.studies):
             if time.perf_counter() > deadline or any(p.poll() is not None for p in processes):
                 raise BenchError(f"{label} x{count}: not every study was attached")
+            if not quarter_at and attached >= len(corpus.studies) // 4:
+                quarter_at = time.perf_counter()
             time.sleep(POLL)
         seconds = time.perf_counter() - started
+        steady = time.perf_counter() - (quarter_at or started)
         run_cpu = [cpu_seconds(p.pid) for p in processes]
         after = (cpu_seconds(orthanc_pid), pg.now(), time.process_time())
     finally:
@@ -175,6 +187,7 @@ def measure(
         count,
         seconds,
         len(corpus.studies),
+        steady,
         run_cpu,
         after[0] - before[0],
         after[1] - before[1],
@@ -186,7 +199,8 @@ def show(result: Result) -> None:
     per_run = "+".join(f"{c:.1f}" for c in result.run_cpu)
     print(
         f"  {result.label:<10} x{result.processes}: {result.rate:6.1f} studies/s "
-        f"({result.seconds:.1f} s); CPU s: runs {per_run}, Orthanc {result.orthanc_cpu:.1f}, "
+        f"({result.seconds:.1f} s; from the first quarter on {result.steady_rate:.1f}/s); "
+        f"CPU s: runs {per_run}, Orthanc {result.orthanc_cpu:.1f}, "
         f"PostgreSQL {result.postgres_cpu:.1f}, double {result.bench_cpu:.1f}; "
         f"cores busy {result.busy:.2f} of {os.cpu_count()}",
         flush=True,

@@ -1,13 +1,17 @@
-"""The ledger: one row per Orthanc study, the changes cursor, and an audit trail. All SQL is here.
+"""The ledger: one row per Orthanc study, the changes cursor, and an audit trail. Its queries
+are all here, one text for both databases (ledger/dialect.py holds the few fragments they spell
+differently; ledger/sqlite.py and ledger/postgres.py the connections and schemas).
 
 Only the thread that created the store uses it; workers hand their results back to that thread.
 
-Several processes may share one ledger file. A study is worked only under a lease: a claim
-takes due studies for this store's owner until `now + LEASE`, in one immediate transaction, so
-two processes never take the same study, nor two Orthanc identities of one StudyInstanceUID.
+Several processes may share one ledger (a SQLite file on one machine, a PostgreSQL database on
+any). A study is worked only under a lease: a claim takes due studies for this store's owner
+until `now + LEASE`, in one transaction that the database runs one at a time across processes,
+so two processes never take the same study, nor two Orthanc identities of one StudyInstanceUID.
 The owner renews the leases of what it has in flight, recording a result gives the lease up,
 and a lease that runs out (its process was killed) lets another process take the study over.
-Work done for the whole ledger (the sweep) is leased by name in the same way.
+Work done for the whole ledger (the changes feed, the sweep) is held by one process at a time:
+leased by name on SQLite, an advisory lock that dies with its process on PostgreSQL.
 """
 
 from __future__ import annotations
