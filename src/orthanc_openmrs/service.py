@@ -387,8 +387,10 @@ class Service:
         ended the pass (credentials, outage) is raised once the others are recorded."""
         failure: BaseException | None = None
         with self.store.batch():
-            # In the ledger's order: transactions of several processes that write many rows
-            # then take their row locks in one order, and cannot deadlock one another.
+            # In the ledger's order, as discovery and the sweep write theirs: two such
+            # transactions of different processes take their row locks in one order and cannot
+            # deadlock each other (a single UPDATE over many rows, as a patient wake-up, can
+            # still meet one; PostgreSQL then ends one transaction with an error).
             for future, claimed, prior in sorted(done, key=lambda d: d[1].orthanc_id):
                 try:
                     result = future.result()
