@@ -12,6 +12,7 @@ from PIL import Image
 
 from orthanc_openmrs.cli import build_service
 from orthanc_openmrs.config import Settings, load_settings
+from orthanc_openmrs.ledger.location import PostgresURL
 from orthanc_openmrs.service import PassSummary, Service
 from orthanc_openmrs.store import Store
 from orthanc_openmrs_devtools.dicom_factory import StudySpec, build_study
@@ -115,6 +116,40 @@ def pass_cost(settings: Settings) -> tuple[PassSummary, int, int]:
 
 def ledger(settings: Settings) -> Store:
     return Store(settings.sync_database)
+
+
+def lose_ledger(location: object) -> None:
+    """The ledger is lost (deleted file, dropped tables): the next opener starts an empty one."""
+    if isinstance(location, str) and "://" in location:
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        return
+    path = Path(str(location))
+    path.unlink()
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def ledger_rows(
+    location: object, sql: str, params: tuple[object, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """Rows read straight from the ledger's database, past the store (`?` placeholders)."""
+    if isinstance(location, PostgresURL) or (isinstance(location, str) and "://" in location):
+        import psycopg
+
+        conninfo = location.conninfo if isinstance(location, PostgresURL) else location
+        with psycopg.connect(conninfo) as conn:
+            return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
+    import sqlite3
+
+    db = sqlite3.connect(str(location))
+    try:
+        return list(db.execute(sql, params).fetchall())
+    finally:
+        db.close()
 
 
 def image(data: bytes) -> Image.Image:

@@ -11,6 +11,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,13 +30,14 @@ from orthanc_openmrs.errors import (
 )
 from orthanc_openmrs.http.metrics import LedgerReader
 from orthanc_openmrs.http.server import HttpSurface, Routes, surface_app
+from orthanc_openmrs.ledger.location import LocationError, PostgresURL, parse_location
 from orthanc_openmrs.monitor import Monitor, ready_window
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
 from orthanc_openmrs.progress import Progress
 from orthanc_openmrs.retry import Backoff
 from orthanc_openmrs.service import Service, ServiceOptions
-from orthanc_openmrs.store import Store
+from orthanc_openmrs.store import Store, move_ledger
 from orthanc_openmrs.sync import SyncOptions
 from orthanc_openmrs.transport import tls_verification
 from orthanc_openmrs.web.app import Review, build_review_app
@@ -139,7 +141,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_cmd_check)
 
-    for sub in (run, sync, status, reconcile, review, link, retry, ignore, audit, check):
+    move = commands.add_parser(
+        "move-ledger",
+        help="copy the ledger (SQLite) into an empty PostgreSQL database, for several instances",
+    )
+    move.add_argument(
+        "--to", required=True, metavar="URL", help="the new ledger: postgresql://user@host/db"
+    )
+    move.add_argument(
+        "--to-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the new ledger's password",
+    )
+    move.add_argument(
+        "--from",
+        dest="source",
+        metavar="LEDGER",
+        help="the ledger to copy (default: SYNC_DATABASE)",
+    )
+    move.set_defaults(handler=_cmd_move_ledger)
+
+    for sub in (run, sync, status, reconcile, review, link, retry, ignore, audit, check, move):
         _add_setting_flags(sub)
     return parser
 
@@ -459,6 +482,39 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     report.print_audit(rows, as_json=args.json)
+    return EXIT_OK
+
+
+def _cmd_move_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        target = parse_location(args.to)
+        source = parse_location(args.source) if args.source else settings.sync_database
+    except LocationError as exc:
+        raise ConfigError(f"move-ledger: {exc}") from exc
+    if not isinstance(target, PostgresURL):
+        raise ConfigError("move-ledger: --to must be a postgresql:// URL")
+    if args.to_password_file is not None:
+        if target.password:
+            raise ConfigError("move-ledger: a password in --to or --to-password-file, not both")
+        try:
+            password = args.to_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"move-ledger: cannot read {args.to_password_file}") from exc
+        target = target.with_password(password)
+    if isinstance(source, Path) and not source.is_file():
+        raise ConfigError(f"move-ledger: {source} does not exist")
+    old = Store(source)
+    try:
+        new = Store(target)
+        try:
+            copied = move_ledger(old, new, time.time())
+        finally:
+            new.close()
+    finally:
+        old.close()
+    counts = ", ".join(f"{n} {table}" for table, n in copied.items())
+    print(f"moved {source} to {target}: {counts}")
+    print(f"next: set SYNC_DATABASE={target} (its password in SYNC_DATABASE_PASSWORD_FILE)")
     return EXIT_OK
 
 

@@ -11,11 +11,12 @@ import string
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     field_validator,
@@ -25,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from orthanc_openmrs.demographics import Check, parse_checks
 from orthanc_openmrs.errors import ConfigError
+from orthanc_openmrs.ledger.location import LedgerLocation, PostgresURL, parse_location
 from orthanc_openmrs.matching import parse_issuer_types
 
 # Orthanc keeps these patient tags in its index; any other tag would cost a read of every file.
@@ -131,8 +133,14 @@ class Settings(BaseSettings):
         None, description="File holding the OAuth2 client secret (instead of OAUTH_CLIENT_SECRET)"
     )
     oauth_client_scope: str = Field("", description="OAuth2 scope asked for (empty: none)")
-    sync_database: Path = Field(
-        Path("orthanc-openmrs.sqlite3"), description="SQLite state file (the ledger)"
+    sync_database: Annotated[LedgerLocation, PlainValidator(parse_location)] = Field(
+        Path("orthanc-openmrs.sqlite3"),
+        description="The ledger: a SQLite file, or a postgresql://user@host:port/database URL "
+        "(for several instances)",
+    )
+    sync_database_password_file: Path | None = Field(
+        None,
+        description="File holding the PostgreSQL ledger's password (instead of in SYNC_DATABASE)",
     )
     sync_viewer: Viewer = Field(
         Viewer.STONE,
@@ -384,6 +392,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(_describe(exc)) from exc
     _check_openmrs_login(settings)
     _check_orthanc_token(settings)
+    _ledger_password(settings)
     if settings.sync_viewer is Viewer.CUSTOM and not settings.sync_viewer_url:
         raise ConfigError("SYNC_VIEWER_URL: required when SYNC_VIEWER is custom")
     if settings.sync_retry_max < settings.sync_retry_min:
@@ -414,6 +423,26 @@ def _check_openmrs_login(settings: Settings) -> None:
     url = settings.oauth_access_token_url
     if not url.startswith(("http://", "https://")):
         raise ConfigError("OAUTH_ACCESS_TOKEN_URL: must be an http:// or https:// URL")
+
+
+def _ledger_password(settings: Settings) -> None:
+    """The PostgreSQL ledger's password from SYNC_DATABASE_PASSWORD_FILE, never from both."""
+    path = settings.sync_database_password_file
+    if path is None:
+        return
+    location = settings.sync_database
+    if not isinstance(location, PostgresURL):
+        raise ConfigError("SYNC_DATABASE_PASSWORD_FILE: only for a postgresql:// SYNC_DATABASE")
+    if location.password:
+        raise ConfigError(
+            "SYNC_DATABASE_PASSWORD_FILE: the URL in SYNC_DATABASE has a password already: "
+            "give one or the other"
+        )
+    try:
+        password = _read_secret(path, "sync_database_password")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    settings.sync_database = location.with_password(password)
 
 
 def _check_orthanc_token(settings: Settings) -> None:

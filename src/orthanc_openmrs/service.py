@@ -48,6 +48,9 @@ from orthanc_openmrs.upkeep import SweepSummary, Upkeep
 log = structlog.get_logger("orthanc_openmrs")
 
 CHANGES_PAGE = 1000
+# The shared work of following Orthanc's changes (and OpenMRS's patient changes), done by one
+# process at a time among those sharing the ledger.
+FEED = "changes feed"
 _EXAMPLES_KEPT = 50
 _PLANNED_KEPT = 500
 _PROBLEMS = (
@@ -128,6 +131,7 @@ class Service:
             orthanc, openmrs, store, clock=clock, keep_deleted=options.keep_deleted
         )
         self._pool: ThreadPoolExecutor | None = None
+        self._feed_held = False
         self._patients_followed = True
         # Shared by every pass, so the rate limit and the one-worker-per-UID rule hold across
         # passes in `run`.
@@ -138,7 +142,10 @@ class Service:
 
     # -- discovery -------------------------------------------------------------------------
     def discover(self) -> int:
-        """Catch up with what Orthanc already holds (first start), then follow its changes."""
+        """Catch up with what Orthanc already holds (first start), then follow its changes;
+        nothing while another process sharing the ledger follows them."""
+        if not self._follows_feed():
+            return 0
         found = 0
         if self.store.cursor() is None:
             # Changes after this mark are followed; everything before is found by the catch-up.
@@ -274,7 +281,21 @@ class Service:
             summary.interrupted = "stopped"
         return summary
 
+    def _follows_feed(self) -> bool:
+        """Take, keep or (another process has it) leave the feed; says when that changes, so
+        the log tells which process follows it and when another took over."""
+        held = self.store.claim_task(FEED, self._clock())
+        if held != self._feed_held:
+            self._feed_held = held
+            if held:
+                log.info("feed.following", owner=self.store.owner)
+            else:
+                log.info("feed.left", reason="another process sharing the ledger follows it")
+        return held
+
     def _poll(self, summary: PassSummary) -> None:
+        if not self._follows_feed():
+            return
         found = self._follow_changes()
         self._follow_patients()
         summary.discovered += found
@@ -338,6 +359,11 @@ class Service:
         return self._pool
 
     def close(self) -> None:
+        if self._feed_held:
+            # Another process may follow the feed at once, not after a lease.
+            with contextlib.suppress(StoreError):
+                self.store.release_task(FEED)
+            self._feed_held = False
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -361,7 +387,11 @@ class Service:
         ended the pass (credentials, outage) is raised once the others are recorded."""
         failure: BaseException | None = None
         with self.store.batch():
-            for future, claimed, prior in done:
+            # In the ledger's order, as discovery and the sweep write theirs: two such
+            # transactions of different processes take their row locks in one order and cannot
+            # deadlock each other (a single UPDATE over many rows, as a patient wake-up, can
+            # still meet one; PostgreSQL then ends one transaction with an error).
+            for future, claimed, prior in sorted(done, key=lambda d: d[1].orthanc_id):
                 try:
                     result = future.result()
                 except RenderCrashed as exc:

@@ -1,13 +1,17 @@
-"""The ledger: one row per Orthanc study, the changes cursor, and an audit trail. All SQL is here.
+"""The ledger: one row per Orthanc study, the changes cursor, and an audit trail. Its queries
+are all here, one text for both databases (ledger/dialect.py holds the few fragments they spell
+differently; ledger/sqlite.py and ledger/postgres.py the connections and schemas).
 
 Only the thread that created the store uses it; workers hand their results back to that thread.
 
-Several processes may share one ledger file. A study is worked only under a lease: a claim
-takes due studies for this store's owner until `now + LEASE`, in one immediate transaction, so
-two processes never take the same study, nor two Orthanc identities of one StudyInstanceUID.
+Several processes may share one ledger (a SQLite file on one machine, a PostgreSQL database on
+any). A study is worked only under a lease: a claim takes due studies for this store's owner
+until `now + LEASE`, in one transaction that the database runs one at a time across processes,
+so two processes never take the same study, nor two Orthanc identities of one StudyInstanceUID.
 The owner renews the leases of what it has in flight, recording a result gives the lease up,
 and a lease that runs out (its process was killed) lets another process take the study over.
-Work done for the whole ledger (the sweep) is leased by name in the same way.
+Work done for the whole ledger (the changes feed, the sweep) is held by one process at a time:
+leased by name on SQLite, an advisory lock that dies with its process on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -16,17 +20,17 @@ import json
 import os
 import secrets
 import socket
-import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from orthanc_openmrs.errors import StoreError
+from orthanc_openmrs.ledger.backend import Backend, Params, Row
+from orthanc_openmrs.ledger.location import LedgerLocation, PostgresURL, parse_location
+from orthanc_openmrs.ledger.sqlite import SCHEMA_VERSION as SCHEMA_VERSION
+from orthanc_openmrs.ledger.sqlite import SqliteBackend
 from orthanc_openmrs.models import NEEDS_A_PERSON, WAITING, PatientChange, Prior, State, StudyResult
-
-_OPEN_TIMEOUT = 30.0
 
 # Seconds a lease lasts unless renewed. The owner renews every RENEW_EVERY, so a lease runs out
 # only when its process is dead or stuck: longer than two HTTP timeouts (30 s each) in a row,
@@ -34,110 +38,9 @@ _OPEN_TIMEOUT = 30.0
 LEASE = 90.0
 RENEW_EVERY = LEASE / 3
 
-# The first schema. A new ledger is made from it and then migrated like an old one, so the
-# path every existing ledger takes at start is the one the tests take every time.
-_SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS studies (
-    orthanc_id          TEXT PRIMARY KEY,
-    study_uid           TEXT NOT NULL DEFAULT '',
-    state               TEXT NOT NULL,
-    reason              TEXT NOT NULL DEFAULT '',
-    retryable           INTEGER NOT NULL DEFAULT 1,
-    priority            INTEGER NOT NULL DEFAULT 1,
-    recheck             INTEGER NOT NULL DEFAULT 0,
-    dicom_patient_id    TEXT NOT NULL DEFAULT '',
-    patient_name        TEXT NOT NULL DEFAULT '',
-    birth_date          TEXT NOT NULL DEFAULT '',
-    study_date          TEXT NOT NULL DEFAULT '',
-    description         TEXT NOT NULL DEFAULT '',
-    candidates          TEXT NOT NULL DEFAULT '',
-    candidate_patients  TEXT NOT NULL DEFAULT '[]',
-    patient_uuid        TEXT NOT NULL DEFAULT '',
-    manual_patient_uuid TEXT NOT NULL DEFAULT '',
-    linked_by           TEXT NOT NULL DEFAULT '',
-    linked_at           REAL,
-    attachment_uuid     TEXT NOT NULL DEFAULT '',
-    instance_id         TEXT NOT NULL DEFAULT '',
-    caption             TEXT NOT NULL DEFAULT '',
-    orthanc_last_update TEXT NOT NULL DEFAULT '',
-    attempts            INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at     REAL,
-    last_attempt_at     REAL,
-    seen_sweep          INTEGER NOT NULL DEFAULT 0,
-    discovered_at       REAL NOT NULL,
-    updated_at          REAL NOT NULL,
-    synced_at           REAL
-);
-CREATE INDEX IF NOT EXISTS studies_due ON studies (priority, next_attempt_at)
-    WHERE next_attempt_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS studies_uid ON studies (study_uid);
-CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    id              INTEGER PRIMARY KEY,
-    at              REAL NOT NULL,
-    orthanc_id      TEXT NOT NULL,
-    study_uid       TEXT NOT NULL,
-    action          TEXT NOT NULL,
-    patient_uuid    TEXT NOT NULL,
-    attachment_uuid TEXT NOT NULL,
-    reason          TEXT NOT NULL
-);
-"""
-
-# Each step takes a ledger from the version before it to its own. Steps are never edited once
-# released: a change of schema is a new step.
-_MIGRATIONS: dict[int, str] = {
-    2: """
-    ALTER TABLE studies ADD COLUMN patient_sex TEXT NOT NULL DEFAULT '';
-    -- A claim held by one process until lease_until, so that several processes share a ledger
-    -- without working one study at once, and a killed process's studies are taken over.
-    ALTER TABLE studies ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
-    ALTER TABLE studies ADD COLUMN lease_until REAL;
-    -- The identifiers each study names, so that a patient registered or changed in OpenMRS
-    -- finds the studies waiting for one of its identifiers without a scan.
-    CREATE TABLE study_identifiers (
-        orthanc_id TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        PRIMARY KEY (orthanc_id, identifier)
-    );
-    CREATE INDEX study_identifiers_value ON study_identifiers (identifier);
-    WITH RECURSIVE split(orthanc_id, part, rest) AS (
-        SELECT orthanc_id, '', candidates || char(10) FROM studies WHERE candidates != ''
-        UNION ALL
-        SELECT orthanc_id, substr(rest, 1, instr(rest, char(10)) - 1),
-               substr(rest, instr(rest, char(10)) + 1)
-        FROM split WHERE rest != ''
-    )
-    INSERT OR IGNORE INTO study_identifiers (orthanc_id, identifier)
-        SELECT orthanc_id, part FROM split WHERE part != '';
-    -- Work that one process at a time does for all (the changes feed, the sweep).
-    CREATE TABLE leases (
-        name  TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        until REAL NOT NULL
-    );
-    """,
-    3: """
-    -- Which path made the attachment (models.PreviewSource), for the counts in `status`.
-    ALTER TABLE studies ADD COLUMN preview_source TEXT NOT NULL DEFAULT '';
-    -- Instances during whose rendering Orthanc stopped answering (its decoders crash on some
-    -- files): past RENDER_CRASH_LIMIT, Orthanc is not asked to render them again.
-    CREATE TABLE render_crashes (
-        instance_id TEXT PRIMARY KEY,
-        orthanc_id  TEXT NOT NULL,
-        crashes     INTEGER NOT NULL,
-        first_at    REAL NOT NULL,
-        last_at     REAL NOT NULL
-    );
-    """,
-}
-SCHEMA_VERSION = max(_MIGRATIONS)
 # Orthanc may drop one render for a reason of its own; the second time it is the file.
 RENDER_CRASH_LIMIT = 2
 
-# A candidate patient is stored as "uuid display": its uuid, in SQL.
-_CANDIDATE_UUID = "substr(c.value, 1, instr(c.value || ' ', ' ') - 1)"
 # Studies found by following changes go before the backlog, so a backfill never starves them.
 LIVE, BACKLOG = 0, 1
 # States in which the service may still act on a study by itself.
@@ -149,7 +52,7 @@ _CLAIMABLE = """
     s.next_attempt_at IS NOT NULL AND s.next_attempt_at <= :now
     AND (s.last_attempt_at IS NULL OR s.last_attempt_at < :since)
     AND (s.lease_owner = '' OR s.lease_until <= :now)
-    AND s.orthanc_id NOT IN (SELECT value FROM json_each(:exclude))
+    AND s.orthanc_id NOT IN (SELECT value FROM {exclude})
     AND NOT EXISTS (
         SELECT 1 FROM studies AS o
         WHERE s.study_uid != '' AND o.study_uid = s.study_uid
@@ -237,76 +140,20 @@ def process_owner() -> str:
 
 
 class Store:
-    def __init__(self, path: Path, *, owner: str | None = None, read_only: bool = False) -> None:
-        """`read_only`: a view for other threads (the metrics endpoint) of a ledger that
-        another connection writes; it never creates, migrates or writes."""
+    def __init__(
+        self, location: LedgerLocation | str, *, owner: str | None = None, read_only: bool = False
+    ) -> None:
+        """`location`: a SQLite file, or a PostgreSQL database (SYNC_DATABASE). `read_only`: a
+        view for other threads (the metrics endpoint) of a ledger that another connection
+        writes; it never creates, migrates or writes."""
         self.owner = owner or process_owner()
-        if read_only:
-            self._open_read_only(path)
-            return
-        try:
-            _create_private(path)
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=_OPEN_TIMEOUT)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # Opening a current ledger only reads, so `status` works beside a running `run`.
-            version = self._version()
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"SYNC_DATABASE: {path} was written by a newer orthanc-openmrs (ledger schema "
-                    f"{version}; this one knows up to {SCHEMA_VERSION}): upgrade this installation"
-                )
-            if version != SCHEMA_VERSION:
-                self._upgrade()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SYNC_DATABASE: cannot open {path}: {exc}") from exc
-        self.path = path
+        self.location = parse_location(location)
+        self._db: Backend = open_backend(self.location, read_only=read_only)
+        self._sql = self._db.dialect
 
-    def _open_read_only(self, path: Path) -> None:
-        try:
-            self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                timeout=_OPEN_TIMEOUT,
-                check_same_thread=False,  # its user serialises the threads
-            )
-            self._db.row_factory = sqlite3.Row
-        except sqlite3.Error as exc:
-            raise StoreError(f"SYNC_DATABASE: cannot open {path}: {exc}") from exc
-        self.path = path
-
-    def _version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
-    def _upgrade(self) -> None:
-        """Create the ledger or bring an older one up to date, keeping every row; safe when
-        another process (`run` and `status` started together) does the same at the same moment."""
-        # Switching to WAL needs the file to itself, and SQLite answers "locked" at once instead
-        # of waiting, so the wait is ours.
-        deadline = time.monotonic() + _OPEN_TIMEOUT
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        # The immediate transaction makes a second opener wait, then find the work done.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            version = self._version()
-            steps = [_SCHEMA_V1] if version == 0 else []
-            steps += [_MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)]
-            for step in steps:
-                for statement in _statements(step):
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    @property
+    def path(self) -> LedgerLocation:
+        return self.location
 
     def close(self) -> None:
         self._db.close()
@@ -319,26 +166,29 @@ class Store:
             yield
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, claims: bool = False) -> Iterator[Backend]:
+        """One transaction (`claims`: one deciding who works what; see Backend.transaction)."""
         if self._db.in_transaction:
             yield self._db  # part of an enclosing batch, which commits or rolls back for all
             return
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._db.transaction(claims=claims):
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"state database {self.path}: {exc}") from exc
+        except self._db.errors as exc:
+            raise self._error(exc) from exc
 
-    def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
+    def _error(self, exc: Exception) -> StoreError:
+        return StoreError(f"state database {self.location}: {self._db.redact(exc)}")
+
+    def _query(self, sql: str, params: Params = ()) -> list[Row]:
         try:
-            return list(self._db.execute(sql, tuple(params)).fetchall())
-        except sqlite3.Error as exc:
-            raise StoreError(f"state database {self.path}: {exc}") from exc
+            return list(self._db.execute(sql, params).fetchall())
+        except self._db.errors as exc:
+            raise self._error(exc) from exc
+
+    def _ids(self, name: str) -> str:
+        """`SELECT value FROM` this, for a JSON array of strings in the parameter `name`."""
+        return self._sql.each(name)
 
     # -- meta ------------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -364,7 +214,7 @@ class Store:
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('changes_cursor', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
-                "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                "WHERE CAST(meta.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
                 (str(seq),),
             )
 
@@ -395,14 +245,14 @@ class Store:
         back (same PatientID and UID give the same Orthanc ID) is pending again. `uids` gives
         the StudyInstanceUID of those whose UID was read with them."""
         uids = uids or {}
+        orthanc_ids = sorted(orthanc_ids)  # row locks in one order (see Service._record_done)
         with self._tx() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO studies (orthanc_id, study_uid, state, priority, "
-                "next_attempt_at, discovered_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+            new = db.executemany(
+                "INSERT INTO studies (orthanc_id, study_uid, state, priority, "
+                "next_attempt_at, discovered_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(oid, uids.get(oid, ""), priority, due_at, now, now) for oid in orthanc_ids],
             )
-            new = db.total_changes - before
             db.executemany(
                 "UPDATE studies SET state = 'pending', next_attempt_at = ?, updated_at = ? "
                 "WHERE orthanc_id = ? AND state = 'gone'",
@@ -410,15 +260,15 @@ class Store:
             )
             db.executemany(
                 "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
-                [(uid, oid) for oid, uid in uids.items() if uid],
+                [(uid, oid) for oid, uid in sorted(uids.items()) if uid],
             )
             return int(new)
 
     def without_uid(self, orthanc_ids: list[str]) -> list[str]:
         """Those of these studies whose StudyInstanceUID the ledger does not hold yet."""
         rows = self._query(
-            "SELECT orthanc_id FROM studies WHERE study_uid != '' "
-            "AND orthanc_id IN (SELECT value FROM json_each(?))",
+            "SELECT orthanc_id FROM studies WHERE study_uid != '' "  # noqa: S608
+            f"AND orthanc_id IN (SELECT value FROM {self._ids('?')})",
             (json.dumps(orthanc_ids),),
         )
         known = {str(r["orthanc_id"]) for r in rows}
@@ -437,8 +287,8 @@ class Store:
         holders: dict[str, list[str]] = {uid: [] for uid in uids}
         if not unread and uids:
             for r in self._query(
-                "SELECT study_uid, orthanc_id FROM studies WHERE state != 'gone' "
-                "AND study_uid IN (SELECT value FROM json_each(?)) ORDER BY orthanc_id",
+                "SELECT study_uid, orthanc_id FROM studies WHERE state != 'gone' "  # noqa: S608
+                f"AND study_uid IN (SELECT value FROM {self._ids('?')}) ORDER BY orthanc_id",
                 (json.dumps(uids),),
             ):
                 holders[str(r["study_uid"])].append(str(r["orthanc_id"]))
@@ -461,7 +311,7 @@ class Store:
                 "recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END "
                 "WHERE orthanc_id = ? AND state IN ('pending', 'unmatched', 'ambiguous', "
                 "'mismatch', 'failed', 'synced')",
-                [(now, LIVE, oid) for oid in orthanc_ids],
+                [(now, LIVE, oid) for oid in sorted(orthanc_ids)],
             )
 
     # -- leases ----------------------------------------------------------------------------
@@ -471,11 +321,13 @@ class Store:
         """Take up to `limit` studies due for an attempt, live ones first, for this owner until
         now + LEASE; skip those tried since the pass began and those leased (see _CLAIMABLE).
         `exclude`, what is in flight here, stays out even if its lease ran out meanwhile."""
-        with self._tx() as db:
+        claimable = _CLAIMABLE.format(exclude=self._ids(":exclude"))
+        with self._tx(claims=True) as db:
             rows = db.execute(
                 "UPDATE studies SET lease_owner = :me, lease_until = :until "  # noqa: S608
-                f"WHERE orthanc_id IN (SELECT s.orthanc_id FROM studies AS s WHERE {_CLAIMABLE} "
-                "ORDER BY s.priority, s.next_attempt_at LIMIT :limit) RETURNING *",
+                f"WHERE orthanc_id IN (SELECT s.orthanc_id FROM studies AS s WHERE {claimable} "
+                f"ORDER BY s.priority, s.next_attempt_at LIMIT :limit {self._sql.skip_locked}) "
+                "RETURNING *",
                 {
                     "me": self.owner,
                     "now": now,
@@ -493,21 +345,21 @@ class Store:
         """The StudyInstanceUIDs just read of studies this owner claimed without one. Those
         whose UID another live process is working (under another Orthanc identity) are given
         back: their Orthanc IDs are returned."""
-        with self._tx() as db:
+        with self._tx(claims=True) as db:
             db.executemany(
                 "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
-                [(uid, oid) for oid, uid in uids.items() if uid],
+                [(uid, oid) for oid, uid in sorted(uids.items()) if uid],
             )
             busy = {
                 str(r["orthanc_id"])
                 for r in db.execute(
-                    "SELECT s.orthanc_id FROM studies AS s "
-                    "WHERE s.orthanc_id IN (SELECT value FROM json_each(:ids)) AND EXISTS ("
+                    "SELECT s.orthanc_id FROM studies AS s "  # noqa: S608
+                    f"WHERE s.orthanc_id IN (SELECT value FROM {self._ids(':ids')}) AND EXISTS ("
                     "SELECT 1 FROM studies AS o WHERE s.study_uid != '' "
                     "AND o.study_uid = s.study_uid AND o.lease_owner NOT IN ('', :me) "
                     "AND o.lease_until > :now)",
                     {"ids": json.dumps(sorted(uids)), "me": self.owner, "now": now},
-                )
+                ).fetchall()
             }
             self._let_go(db, busy)
         return busy
@@ -517,10 +369,11 @@ class Store:
         None when taken; otherwise the lease another live process holds on it or on another
         identity of its StudyInstanceUID. A study the ledger lacks is added, due now, with
         `study_uid` (the caller reads it first: a claim cannot keep others off an unknown UID)."""
-        with self._tx() as db:
+        with self._tx(claims=True) as db:
             db.execute(
-                "INSERT OR IGNORE INTO studies (orthanc_id, study_uid, state, priority, "
-                "next_attempt_at, discovered_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                "INSERT INTO studies (orthanc_id, study_uid, state, priority, "
+                "next_attempt_at, discovered_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (orthanc_id, study_uid, LIVE, now, now, now),
             )
             if study_uid:
@@ -528,9 +381,10 @@ class Store:
                     "UPDATE studies SET study_uid = ? WHERE orthanc_id = ? AND study_uid = ''",
                     (study_uid, orthanc_id),
                 )
-            (uid,) = db.execute(
+            found = db.execute(
                 "SELECT study_uid FROM studies WHERE orthanc_id = ?", (orthanc_id,)
             ).fetchone()
+            uid = found["study_uid"] if found else ""
             held = db.execute(
                 "SELECT orthanc_id, lease_owner, lease_until FROM studies "
                 "WHERE (orthanc_id = :id OR (:uid != '' AND study_uid = :uid)) "
@@ -551,8 +405,8 @@ class Store:
         with self._tx() as db:
             return int(
                 db.execute(
-                    "UPDATE studies SET lease_until = ? WHERE lease_owner = ? "
-                    "AND orthanc_id IN (SELECT value FROM json_each(?))",
+                    "UPDATE studies SET lease_until = ? WHERE lease_owner = ? "  # noqa: S608
+                    f"AND orthanc_id IN (SELECT value FROM {self._ids('?')})",
                     (now + LEASE, self.owner, json.dumps(sorted(orthanc_ids))),
                 ).rowcount
             )
@@ -562,16 +416,22 @@ class Store:
         with self._tx() as db:
             self._let_go(db, orthanc_ids)
 
-    def _let_go(self, db: sqlite3.Connection, orthanc_ids: Iterable[str]) -> None:
+    def _let_go(self, db: Backend, orthanc_ids: Iterable[str]) -> None:
         db.execute(
-            "UPDATE studies SET lease_owner = '', lease_until = NULL WHERE lease_owner = ? "
-            "AND orthanc_id IN (SELECT value FROM json_each(?))",
+            "UPDATE studies SET lease_owner = '', lease_until = NULL "  # noqa: S608
+            f"WHERE lease_owner = ? AND orthanc_id IN (SELECT value FROM {self._ids('?')})",
             (self.owner, json.dumps(sorted(orthanc_ids))),
         )
 
     def claim_task(self, name: str, now: float) -> bool:
         """Take, or renew, the lease on work one process at a time does for the whole ledger;
-        False while another live process holds it."""
+        False while another live process holds it. On PostgreSQL, a lock held by this
+        process's connection, freed the moment the process dies (no waiting out a lease)."""
+        if self._db.session_locks:
+            try:
+                return self._db.hold(name)
+            except self._db.errors as exc:
+                raise self._error(exc) from exc
         with self._tx() as db:
             taken = db.execute(
                 "INSERT INTO leases (name, owner, until) VALUES (:name, :me, :until) "
@@ -582,6 +442,9 @@ class Store:
         return bool(taken)
 
     def release_task(self, name: str) -> None:
+        if self._db.session_locks:
+            self._db.let_go(name)
+            return
         with self._tx() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, self.owner))
 
@@ -599,8 +462,8 @@ class Store:
         with self._tx() as db:
             self._insert_audits(db, audits)
             db.execute(
-                "INSERT OR IGNORE INTO studies (orthanc_id, state, discovered_at, updated_at) "
-                "VALUES (?, 'pending', ?, ?)",
+                "INSERT INTO studies (orthanc_id, state, discovered_at, updated_at) "
+                "VALUES (?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
                 (result.orthanc_id, now, now),
             )
             if result.candidates:  # an attempt that failed before reading them keeps the old
@@ -608,7 +471,8 @@ class Store:
                     "DELETE FROM study_identifiers WHERE orthanc_id = ?", (result.orthanc_id,)
                 )
             db.executemany(
-                "INSERT OR IGNORE INTO study_identifiers (orthanc_id, identifier) VALUES (?, ?)",
+                "INSERT INTO study_identifiers (orthanc_id, identifier) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(result.orthanc_id, value) for value in result.candidates],
             )
             db.execute(
@@ -670,21 +534,19 @@ class Store:
         pairs = json.dumps([[c.uuid, value] for c in changes for value in c.identifiers])
         marks = ",".join("?" for _ in WAITING)
         with self._tx() as db:
-            before = db.total_changes
-            db.execute(
+            return db.execute(
                 f"""UPDATE studies SET next_attempt_at = ?, priority = ?, updated_at = ?,
                     recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END
                 WHERE orthanc_id IN (
-                    SELECT s.orthanc_id FROM json_each(?) AS p
-                    JOIN study_identifiers AS i ON i.identifier = json_extract(p.value, '$[1]')
+                    SELECT s.orthanc_id FROM {self._sql.pairs("?")} AS p
+                    JOIN study_identifiers AS i ON i.identifier = p.identifier
                     JOIN studies AS s ON s.orthanc_id = i.orthanc_id
                     WHERE s.state IN ({marks})
                        OR (s.state = 'synced' AND s.manual_patient_uuid = ''
-                           AND s.patient_uuid != json_extract(p.value, '$[0]'))
+                           AND s.patient_uuid != p.uuid)
                 )""",  # noqa: S608
                 (now, LIVE, now, pairs, *(state.value for state in WAITING)),
-            )
-            return int(db.total_changes - before)
+            ).rowcount
 
     def patients_to_check(self, after: str, limit: int) -> list[str]:
         """Patients holding synced studies, and the candidates of ambiguous ones, in uuid order
@@ -694,10 +556,10 @@ class Store:
             f"""SELECT uuid FROM (
                     SELECT patient_uuid AS uuid FROM studies WHERE state = 'synced'
                     UNION
-                    SELECT {_CANDIDATE_UUID} AS uuid
-                    FROM studies AS s, json_each(s.candidate_patients) AS c
+                    SELECT {self._sql.candidate_uuid} AS uuid
+                    FROM studies AS s, {self._sql.each("s.candidate_patients")} AS c
                     WHERE s.state = 'ambiguous'
-                ) WHERE uuid > ? ORDER BY uuid LIMIT ?""",  # noqa: S608
+                ) AS p WHERE uuid > ? ORDER BY uuid LIMIT ?""",  # noqa: S608
             (after, limit),
         )
         return [str(r["uuid"]) for r in rows]
@@ -705,18 +567,17 @@ class Store:
     def recheck_studies_of(self, patient_uuids: Sequence[str], now: float) -> int:
         """Patients voided or merged away: their synced studies, and the ambiguous studies
         naming them as candidates, are looked at again now; how many."""
+        each = self._sql.each
         with self._tx() as db:
-            before = db.total_changes
-            db.execute(
+            return db.execute(
                 f"""UPDATE studies SET next_attempt_at = ?, priority = ?, updated_at = ?,
                     recheck = CASE WHEN state = 'synced' THEN 1 ELSE recheck END
-                WHERE (state = 'synced' AND patient_uuid IN (SELECT value FROM json_each(?)))
+                WHERE (state = 'synced' AND patient_uuid IN (SELECT value FROM {each("?")}))
                    OR (state = 'ambiguous' AND EXISTS (
-                        SELECT 1 FROM json_each(candidate_patients) AS c
-                        WHERE {_CANDIDATE_UUID} IN (SELECT value FROM json_each(?))))""",  # noqa: S608
+                        SELECT 1 FROM {each("candidate_patients")} AS c
+                        WHERE {self._sql.candidate_uuid} IN (SELECT value FROM {each("?")})))""",  # noqa: S608
                 (now, LIVE, now, json.dumps(list(patient_uuids)), json.dumps(list(patient_uuids))),
-            )
-            return int(db.total_changes - before)
+            ).rowcount
 
     def patient_check_mark(self) -> str:
         return self._meta("patient_check_after") or ""
@@ -791,8 +652,8 @@ class Store:
         """A person decided which patient the study belongs to; try it now with that patient."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO studies (orthanc_id, state, discovered_at, updated_at) "
-                "VALUES (?, 'pending', ?, ?)",
+                "INSERT INTO studies (orthanc_id, state, discovered_at, updated_at) "
+                "VALUES (?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
                 (orthanc_id, now, now),
             )
             db.execute(
@@ -807,8 +668,9 @@ class Store:
         """Try a study now; `reset` also brings back an ignored or given-up study."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO studies (orthanc_id, state, priority, next_attempt_at, "
-                "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?)",
+                "INSERT INTO studies (orthanc_id, state, priority, next_attempt_at, "
+                "discovered_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (orthanc_id, LIVE, now, now, now),
             )
             state_sql = "CASE WHEN state = 'ignored' THEN 'pending' ELSE state END"
@@ -824,7 +686,7 @@ class Store:
             self._insert_audits(db, [row])
 
     @staticmethod
-    def _insert_audits(db: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+    def _insert_audits(db: Backend, rows: Sequence[AuditRow]) -> None:
         db.executemany(
             "INSERT INTO audit (at, orthanc_id, study_uid, action, patient_uuid, "
             "attachment_uuid, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -846,11 +708,12 @@ class Store:
     def begin_sweep(self) -> int:
         """The number of a new sweep, higher than any before (read and raised in one step)."""
         with self._tx() as db:
-            (value,) = db.execute(
+            row = db.execute(
                 "INSERT INTO meta (key, value) VALUES ('sweep', '1') ON CONFLICT (key) "
-                "DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1 RETURNING value"
+                "DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT) RETURNING value"
             ).fetchone()
-        return int(value)
+        assert row is not None  # RETURNING gives the row written
+        return int(row["value"])
 
     def mark_seen(
         self,
@@ -865,10 +728,12 @@ class Store:
         with self._tx() as db:
             db.executemany(
                 # MAX: a sweep that began earlier never makes a study look unseen to a later one.
-                "UPDATE studies SET seen_sweep = MAX(seen_sweep, ?), "
+                "UPDATE studies SET seen_sweep = CASE WHEN seen_sweep > :sweep THEN seen_sweep "
+                "ELSE :sweep END, "
                 "next_attempt_at = CASE WHEN state = 'pending' "
-                "AND next_attempt_at > ? THEN ? ELSE next_attempt_at END WHERE orthanc_id = ?",
-                [(sweep, now, now, oid) for oid in orthanc_ids],
+                "AND next_attempt_at > :now THEN :now ELSE next_attempt_at END "
+                "WHERE orthanc_id = :id",
+                [{"sweep": sweep, "now": now, "id": oid} for oid in sorted(orthanc_ids)],
             )
         return new
 
@@ -938,6 +803,51 @@ class Store:
         )
         return [_row(r) for r in rows]
 
+    # -- moving a ledger ------------------------------------------------------------------
+    def refuse_if_worked(self, now: float) -> None:
+        """StoreError while a process holds a lease on this ledger (it must be stopped first:
+        what it wrote after the copy would be lost)."""
+        rows = self._query(
+            "SELECT (SELECT COUNT(*) FROM studies WHERE lease_owner != '' AND lease_until > :now)"
+            " + (SELECT COUNT(*) FROM leases WHERE until > :now) AS n",
+            {"now": now},
+        )
+        if int(rows[0]["n"]):
+            raise StoreError(
+                f"{self.location} is being worked by a running process (it holds leases): stop "
+                "every process using it, then move it"
+            )
+
+    def refuse_unless_empty(self) -> None:
+        marks = ",".join("?" for _ in _OWN_META)
+        rows = self._query(
+            "SELECT (SELECT COUNT(*) FROM studies) + (SELECT COUNT(*) FROM audit) "  # noqa: S608
+            f"+ (SELECT COUNT(*) FROM meta WHERE key NOT IN ({marks})) AS n",
+            _OWN_META,
+        )
+        if int(rows[0]["n"]):
+            raise StoreError(
+                f"{self.location} holds a ledger already: the move goes into an empty database "
+                "only (nothing was copied)"
+            )
+
+    def rows_to_move(self, table: str, columns: Sequence[str]) -> list[Row]:
+        order = " ORDER BY id" if table == "audit" else ""
+        marks = ",".join("?" for _ in _OWN_META)
+        where = f" WHERE key NOT IN ({marks})" if table == "meta" else ""
+        return self._query(
+            f"SELECT {', '.join(columns)} FROM {table}{where}{order}",  # noqa: S608
+            _OWN_META if where else (),
+        )
+
+    def take_rows(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in columns)})",
+                [tuple(row[c] for c in columns) for row in rows],
+            )
+
     # -- previews --------------------------------------------------------------------------
     def charge_render_crash(self, instance_id: str, orthanc_id: str, now: float) -> int:
         """Orthanc stopped answering while rendering this instance: how often it has now."""
@@ -945,14 +855,14 @@ class Store:
             db.execute(
                 "INSERT INTO render_crashes (instance_id, orthanc_id, crashes, first_at, last_at) "
                 "VALUES (?, ?, 1, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
-                "crashes = crashes + 1, last_at = excluded.last_at, "
+                "crashes = render_crashes.crashes + 1, last_at = excluded.last_at, "
                 "orthanc_id = excluded.orthanc_id",
                 (instance_id, orthanc_id, now, now),
             )
             row = db.execute(
                 "SELECT crashes FROM render_crashes WHERE instance_id = ?", (instance_id,)
             ).fetchone()
-        return int(row[0])
+        return int(row["crashes"]) if row else 0
 
     def not_to_render(self) -> frozenset[str]:
         """Instances Orthanc must not be asked to render again."""
@@ -1007,9 +917,12 @@ class Store:
         if text:
             pattern = "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
             fields = ("dicom_patient_id", "patient_name", "description", "reason", "study_uid")
-            where += " AND (" + " OR ".join(f"{f} LIKE ? ESCAPE '!'" for f in fields) + ")"
+            # LOWER on both sides: SQLite's LIKE ignores case, PostgreSQL's does not.
+            where += (
+                " AND (" + " OR ".join(f"LOWER({f}) LIKE LOWER(?) ESCAPE '!'" for f in fields) + ")"
+            )
             params += [pattern] * len(fields)
-        (total,) = self._query(f"SELECT COUNT(*) FROM studies WHERE {where}", params)[0]  # noqa: S608
+        total = self._query(f"SELECT COUNT(*) AS n FROM studies WHERE {where}", params)[0]["n"]  # noqa: S608
         rows = self._query(
             f"SELECT * FROM studies WHERE {where} "  # noqa: S608
             "ORDER BY updated_at, orthanc_id LIMIT ? OFFSET ?",
@@ -1028,7 +941,7 @@ class Store:
 
     def review_audit(self, limit: int, offset: int) -> tuple[list[AuditRow], int]:
         """One page of the audit trail, newest first, and its length."""
-        (total,) = self._query("SELECT COUNT(*) FROM audit")[0]
+        total = self._query("SELECT COUNT(*) AS n FROM audit")[0]["n"]
         rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
         return [
             AuditRow(
@@ -1052,37 +965,60 @@ class Store:
                 "ON CONFLICT (key) DO NOTHING",
                 (new,),
             )
-            (value,) = db.execute("SELECT value FROM meta WHERE key = 'web_secret'").fetchone()
-        return str(value)
+            kept = db.execute("SELECT value FROM meta WHERE key = 'web_secret'").fetchone()
+        assert kept is not None  # inserted just above, in the same transaction
+        return str(kept["value"])
 
     # -- end of the review pages' queries ----------------------------------------------------
 
 
-def _create_private(path: Path) -> None:
-    """A new ledger is readable by its owner only: it holds patients' identifiers and names.
-    SQLite gives the -wal and -shm files it makes beside it the same mode."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"SYNC_DATABASE: cannot create {path}: {exc.strerror}") from exc
+# What moving a ledger copies, table by table: everything but the leases of the processes that
+# worked it (they are stopped; the new ledger's processes take their own). Audit rows are
+# copied in their order and numbered anew.
+_MOVED: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "studies": (
+        "orthanc_id", "study_uid", "state", "reason", "retryable", "priority", "recheck",
+        "dicom_patient_id", "patient_name", "birth_date", "patient_sex", "study_date",
+        "description", "candidates", "candidate_patients", "patient_uuid",
+        "manual_patient_uuid", "linked_by", "linked_at", "attachment_uuid", "instance_id",
+        "caption", "orthanc_last_update", "attempts", "next_attempt_at", "last_attempt_at",
+        "seen_sweep", "discovered_at", "updated_at", "synced_at", "preview_source",
+    ),
+    "study_identifiers": ("orthanc_id", "identifier"),
+    "audit": (
+        "at", "orthanc_id", "study_uid", "action", "patient_uuid", "attachment_uuid", "reason",
+    ),
+    "render_crashes": ("instance_id", "orthanc_id", "crashes", "first_at", "last_at"),
+}  # fmt: skip
+# Kept by each ledger for itself.
+_OWN_META = ("schema_version",)
 
 
-def _statements(script: str) -> list[str]:
-    """A script's statements, one by one: `executescript` would commit the open transaction."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        if line.strip().startswith("--"):
-            continue
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return [s for s in statements if s]
+def move_ledger(source: Store, target: Store, now: float) -> dict[str, int]:
+    """Copy every row of `source` into the empty ledger `target` (one transaction): how many
+    rows of each table. Refused while a process works the source or the target holds data."""
+    source.refuse_if_worked(now)
+    target.refuse_unless_empty()
+    copied = {}
+    with target.batch():
+        for table, columns in _MOVED.items():
+            rows = source.rows_to_move(table, columns)
+            target.take_rows(table, columns, rows)
+            copied[table] = len(rows)
+    return copied
 
 
-def _row(r: sqlite3.Row) -> StudyRow:
+def open_backend(location: LedgerLocation, *, read_only: bool = False) -> Backend:
+    if isinstance(location, PostgresURL):
+        # Imported here: a SQLite ledger does not load the PostgreSQL driver.
+        from orthanc_openmrs.ledger.postgres import PostgresBackend
+
+        return PostgresBackend(location, read_only=read_only)
+    return SqliteBackend(Path(location), read_only=read_only)
+
+
+def _row(r: Row) -> StudyRow:
     return StudyRow(
         orthanc_id=r["orthanc_id"],
         study_uid=r["study_uid"],

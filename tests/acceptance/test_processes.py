@@ -161,3 +161,53 @@ def test_retry_takes_over_once_a_killed_process_lease_runs_out(orthanc, openmrs,
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"synced: {study_uid(spec)}")
     assert len(openmrs.attachments()) == 1
+
+
+def test_two_runs_and_a_sync_attach_each_study_once(orthanc, openmrs, database, tmp_path) -> None:
+    """Two `run`s and a `sync` started beside them on one ledger leave exactly one attachment
+    per study, on its own patient."""
+    expected = _backlog(orthanc, openmrs)
+    openmrs.latency = LATENCY
+    env = env_for(orthanc, openmrs, database)
+    runs = [_Run(env, tmp_path / f"run-{i}.log") for i in range(2)]
+    try:
+        _wait_for(lambda: bool(openmrs.attachments()), "a `run` attaches its first study")
+        done = _run(env, "sync")
+        assert done.returncode == 0, done.stderr
+        _settle(openmrs, expected, runs)
+        assert [run.stop() for run in runs] == [0, 0]
+    finally:
+        for run in runs:
+            run.kill()
+    assert tally(openmrs, expected) == Tally(studies=STUDIES)
+
+
+def _following(run: _Run) -> bool:
+    return '"message": "feed.following"' in run.log.read_text(errors="replace")
+
+
+def test_postgres_feed_is_taken_over_when_its_follower_is_killed(
+    orthanc, openmrs, postgres_database, tmp_path
+) -> None:
+    """PostgreSQL: of two `run`s, one follows the changes feed; killed, the other takes the
+    feed over (PostgreSQL frees the lock with the dead process's connection) and attaches a
+    study that arrives afterwards."""
+    first_patient = openmrs.add_patient(["FEED-1"])
+    env = {**env_for(orthanc, openmrs, postgres_database), "SYNC_POLL_INTERVAL": "0.5"}
+    runs = [_Run(env, tmp_path / f"run-{i}.log") for i in range(2)]
+    try:
+        _wait_for(lambda: any(_following(run) for run in runs), "a `run` follows the feed")
+        follower, other = runs if _following(runs[0]) else runs[::-1]
+        load(orthanc, StudySpec("before", patient_id="FEED-1"))
+        _wait_for(lambda: len(openmrs.attachments(first_patient)) == 1, "the first is attached")
+        assert not _following(other)
+        follower.kill()
+        late = openmrs.add_patient(["FEED-2"])
+        load(orthanc, StudySpec("after", patient_id="FEED-2"))
+        _wait_for(lambda: len(openmrs.attachments(late)) == 1, "the late study is attached")
+        assert _following(other)
+        assert other.stop() == 0
+    finally:
+        for run in runs:
+            run.kill()
+    assert len(openmrs.attachments()) == 2

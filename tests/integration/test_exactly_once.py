@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orthanc_openmrs.models import Outcome, State
 from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
-from support import PUBLIC_URL, ledger, load, settings_for, sync_pass
+from support import PUBLIC_URL, ledger, load, lose_ledger, settings_for, sync_pass
 
 
 def _specs(count: int, patient: str = "P001", prefix: str = "s") -> list[StudySpec]:
@@ -48,9 +48,7 @@ def test_lost_database_does_not_duplicate_past_the_first_pages(orthanc, openmrs,
     openmrs.add_attachment(patient, None)
     for i in range(120):
         openmrs.add_attachment(patient, f"note {i}")
-    database.unlink()
-    for suffix in ("-wal", "-shm"):
-        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    lose_ledger(database)
     summary = sync_pass(settings)
     assert summary.counts[Outcome.ALREADY_THERE] == 1
     mine = [a for a in openmrs.attachments(patient) if a.comment and a.comment.endswith(uid)]

@@ -3,7 +3,6 @@ a person's command waits for it and then refuses, and the sweep is done by one a
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
@@ -15,7 +14,7 @@ from orthanc_openmrs.models import Outcome, State
 from orthanc_openmrs.store import LEASE, Store
 from orthanc_openmrs.upkeep import SWEEP
 from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
-from support import load, service, settings_for, sync_pass
+from support import ledger_rows, load, service, settings_for, sync_pass
 
 OTHER = "other-host:4242:0000"
 
@@ -31,11 +30,9 @@ def _other(settings) -> Store:
 
 
 def _leases(settings) -> dict[str, tuple[str, float | None]]:
-    db = sqlite3.connect(settings.sync_database)
-    try:
-        rows = db.execute("SELECT orthanc_id, lease_owner, lease_until FROM studies").fetchall()
-    finally:
-        db.close()
+    rows = ledger_rows(
+        settings.sync_database, "SELECT orthanc_id, lease_owner, lease_until FROM studies"
+    )
     return {oid: (owner, until) for oid, owner, until in rows}
 
 

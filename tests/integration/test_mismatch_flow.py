@@ -4,7 +4,6 @@ contradicts that patient's record."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import date
 
 import pytest
@@ -13,13 +12,14 @@ from orthanc_openmrs import report
 from orthanc_openmrs.models import Outcome, State
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs_devtools.dicom_factory import StudySpec
-from support import ledger, load, service, settings_for, sync_pass
+from support import ledger, ledger_rows, load, service, settings_for, sync_pass
 
 
 def _candidates(database, orthanc_id: str) -> str:
-    with sqlite3.connect(database) as db:
-        row = db.execute("SELECT candidates FROM studies WHERE orthanc_id = ?", (orthanc_id,))
-        return str(row.fetchone()[0])
+    rows = ledger_rows(
+        database, "SELECT candidates FROM studies WHERE orthanc_id = ?", (orthanc_id,)
+    )
+    return str(rows[0][0])
 
 
 def test_birth_date_mismatch_is_not_attached_and_listed_with_both_dates(

@@ -75,6 +75,8 @@ def corpus(tmp_path_factory) -> Iterator[Corpus]:
                 if item.orthanc_id and item.file.patient_id != LONG_ID:
                     openmrs.add_patient([item.file.patient_id])
             orthanc.wait_until_stable(timeout=120)
+            # SQLite only: this suite is about decoding and rendering, not the ledger, and the
+            # corpus takes minutes; the ledger's behaviour on PostgreSQL is the other suites'.
             settings = settings_for(orthanc, openmrs, tmp / "ledger.sqlite3")
             passes = _sync_until_a_pass_completes(settings)
             attachments = openmrs.attachments(include_voided=True)

@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orthanc_openmrs.errors import SyncError
+from orthanc_openmrs.ledger.location import LedgerLocation
 from orthanc_openmrs.monitor import Monitor
 from orthanc_openmrs.openmrs import OpenMRSClient
 from orthanc_openmrs.orthanc import OrthancClient
@@ -49,7 +50,7 @@ class Review:
 
     orthanc: OrthancClient
     openmrs: OpenMRSClient
-    database: Path
+    database: LedgerLocation
     monitor: Monitor
     open_service: Callable[[], AbstractContextManager[Service]]
     sessions: Sessions

@@ -1,5 +1,6 @@
 """The ledger's queries for the review pages: a filtered page with its total, recent
-failures, the audit newest first, and the signing secret kept once for every process."""
+failures, the audit newest first, and the signing secret kept once for every process; on
+SQLite and on PostgreSQL (the `database` fixture)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State, StudyResult
 from orthanc_openmrs.store import LIVE, AuditRow, Store
 
 
-def _ledger(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "s.sqlite3")
+def _ledger(database: Path | str) -> Store:
+    store = Store(database)
     store.discover([f"s{i:02}" for i in range(30)], 1.0, priority=LIVE, due_at=1.0)
     for i in range(30):
         outcome, state = (Outcome.UNMATCHED, State.UNMATCHED)
@@ -30,9 +31,9 @@ def _ledger(tmp_path: Path) -> Store:
     return store
 
 
-def test_a_page_of_the_queue_and_its_total(tmp_path: Path) -> None:
+def test_a_page_of_the_queue_and_its_total(database: Path | str) -> None:
     """Only studies needing a person, oldest change first, paged; the total counts all."""
-    store = _ledger(tmp_path)
+    store = _ledger(database)
     rows, total = store.review_page(NEEDS_A_PERSON, "", 10, 0)
     assert total == 29
     assert [r.orthanc_id for r in rows] == [f"s{i:02}" for i in range(10)]
@@ -40,9 +41,9 @@ def test_a_page_of_the_queue_and_its_total(tmp_path: Path) -> None:
     assert [r.orthanc_id for r in rows] == [f"s{i:02}" for i in range(20, 29)]
 
 
-def test_filter_by_state_and_text(tmp_path: Path) -> None:
+def test_filter_by_state_and_text(database: Path | str) -> None:
     """A state filter and a text found in the PatientID, name, description or reason."""
-    store = _ledger(tmp_path)
+    store = _ledger(database)
     rows, total = store.review_page((State.AMBIGUOUS,), "", 100, 0)
     assert total == 10
     assert {r.state for r in rows} == {State.AMBIGUOUS}
@@ -53,9 +54,9 @@ def test_filter_by_state_and_text(tmp_path: Path) -> None:
     assert store.review_page(NEEDS_A_PERSON, "reason 13", 100, 0)[1] == 1
 
 
-def test_text_is_matched_literally(tmp_path: Path) -> None:
+def test_text_is_matched_literally(database: Path | str) -> None:
     """% and _ in the search are characters, not LIKE wildcards."""
-    store = _ledger(tmp_path)
+    store = _ledger(database)
     rows, _ = store.review_page(NEEDS_A_PERSON, "100%_", 100, 0)
     assert [r.orthanc_id for r in rows] == ["s04"]
     assert store.review_page(NEEDS_A_PERSON, "%", 100, 0)[1] == 1
@@ -63,16 +64,16 @@ def test_text_is_matched_literally(tmp_path: Path) -> None:
     assert store.review_page(NEEDS_A_PERSON, "PID_1", 100, 0)[1] == 0
 
 
-def test_recent_failures_newest_first(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.sqlite3")
+def test_recent_failures_newest_first(database: Path | str) -> None:
+    store = Store(database)
     store.discover(["a", "b", "c"], 1.0, priority=LIVE, due_at=1.0)
     for i, oid in enumerate(("a", "b", "c")):
         store.record(StudyResult(oid, Outcome.FAILED, f"boom {i}"), State.FAILED, 5.0 + i, None)
     assert [r.orthanc_id for r in store.recent_failures(2)] == ["c", "b"]
 
 
-def test_audit_page_newest_first(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.sqlite3")
+def test_audit_page_newest_first(database: Path | str) -> None:
+    store = Store(database)
     for i in range(5):
         store.add_audit(AuditRow(float(i), f"s{i}", "", "link", "", "", f"linked by p{i}"))
     rows, total = store.review_audit(2, 1)
@@ -80,11 +81,11 @@ def test_audit_page_newest_first(tmp_path: Path) -> None:
     assert [r.reason for r in rows] == ["linked by p3", "linked by p2"]
 
 
-def test_the_signing_secret_is_made_once(tmp_path: Path) -> None:
+def test_the_signing_secret_is_made_once(database: Path | str) -> None:
     """The first process's secret is kept; a second process (or a restart) gets the same."""
-    first = Store(tmp_path / "s.sqlite3")
-    second = Store(tmp_path / "s.sqlite3")
+    first = Store(database)
+    second = Store(database)
     assert first.web_secret("one") == "one"
     assert second.web_secret("two") == "one"
     first.close()
-    assert Store(tmp_path / "s.sqlite3").web_secret("three") == "one"
+    assert Store(database).web_secret("three") == "one"

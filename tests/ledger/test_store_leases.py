@@ -8,9 +8,12 @@ import sys
 import threading
 from pathlib import Path
 
+from orthanc_openmrs.ledger.location import LedgerLocation
 from orthanc_openmrs.models import Outcome, State, StudyResult
 from orthanc_openmrs.store import BACKLOG, LEASE, LIVE, Store
 
+# The `database` fixture: each test runs on SQLite and on PostgreSQL.
+Ledger = LedgerLocation | str
 NOW = 1_000.0
 
 # Claims batches until nothing is left, never giving a study back; prints what it got. The
@@ -20,7 +23,7 @@ _CLAIMER = """
 import json, sys, time
 from pathlib import Path
 from orthanc_openmrs.store import Store
-store = Store(Path(sys.argv[1]))
+store = Store(sys.argv[1])
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 sys.stdin.readline()
 got = []
@@ -34,8 +37,8 @@ print(json.dumps(got))
 """
 
 
-def _store(path: Path, owner: str) -> Store:
-    return Store(path / "ledger.sqlite3", owner=owner)
+def _store(database: Ledger, owner: str) -> Store:
+    return Store(database, owner=owner)
 
 
 def _ids(rows: list) -> list[str]:
@@ -46,16 +49,16 @@ def _claim(store: Store, now: float = NOW, limit: int = 10) -> list[str]:
     return _ids(store.claim_due(now, limit, exclude=set(), not_tried_since=now))
 
 
-def test_two_processes_never_claim_the_same_study(tmp_path: Path) -> None:
+def test_two_processes_never_claim_the_same_study(database: Ledger) -> None:
     """Two processes claiming batches from one ledger at the same moment get disjoint sets
     that together hold every due study."""
-    first = _store(tmp_path, "seed")
+    first = _store(database, "seed")
     ids = [f"s{i:04d}" for i in range(2000)]
     first.discover(ids, 1.0, priority=BACKLOG, due_at=1.0)
     first.close()
     claimers = [
         subprocess.Popen(
-            [sys.executable, "-c", _CLAIMER, str(tmp_path / "ledger.sqlite3")],
+            [sys.executable, "-c", _CLAIMER, str(database)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -75,17 +78,17 @@ def test_two_processes_never_claim_the_same_study(tmp_path: Path) -> None:
     assert sorted(got[0] + got[1]) == ids
 
 
-def test_two_threads_with_their_own_stores_never_claim_the_same_study(tmp_path: Path) -> None:
+def test_two_threads_with_their_own_stores_never_claim_the_same_study(database: Ledger) -> None:
     """Threads each with a store on one file, claiming in small batches at once, never get
     the same study twice."""
-    _store(tmp_path, "seed").discover(
+    _store(database, "seed").discover(
         [f"t{i:03d}" for i in range(200)], 1.0, priority=BACKLOG, due_at=1.0
     )
     start = threading.Barrier(4)
     got: dict[str, list[str]] = {}
 
     def claim_all(owner: str) -> None:
-        store = _store(tmp_path, owner)
+        store = _store(database, owner)
         start.wait()
         mine: list[str] = []
         for _ in range(1000):  # bounded, as above
@@ -104,20 +107,20 @@ def test_two_threads_with_their_own_stores_never_claim_the_same_study(tmp_path: 
     assert len(everything) == len(set(everything)) == 200
 
 
-def test_a_live_lease_is_kept_and_an_expired_one_taken_over(tmp_path: Path) -> None:
+def test_a_live_lease_is_kept_and_an_expired_one_taken_over(database: Ledger) -> None:
     """Another owner cannot claim a study whose lease still runs; once it has run out (its
     process was killed), the study is claimed again."""
-    dead, alive = _store(tmp_path, "dead"), _store(tmp_path, "alive")
+    dead, alive = _store(database, "dead"), _store(database, "alive")
     dead.discover(["a", "b"], 1.0, priority=LIVE, due_at=1.0)
     assert _claim(dead) == ["a", "b"]
     assert _claim(alive, NOW + LEASE - 1) == []
     assert _claim(alive, NOW + LEASE) == ["a", "b"]
 
 
-def test_one_uid_is_worked_by_one_process(tmp_path: Path) -> None:
+def test_one_uid_is_worked_by_one_process(database: Ledger) -> None:
     """While one process holds an Orthanc identity of a StudyInstanceUID, another is not
     handed a second identity of it; unread UIDs do not count as one UID."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     one.discover(
         ["old", "new", "x", "y"], 1.0, priority=LIVE, due_at=1.0, uids={"old": "1.2", "new": "1.2"}
     )
@@ -130,10 +133,10 @@ def test_one_uid_is_worked_by_one_process(tmp_path: Path) -> None:
     assert _claim(two) == ["new"]
 
 
-def test_recording_a_result_gives_the_lease_up(tmp_path: Path) -> None:
+def test_recording_a_result_gives_the_lease_up(database: Ledger) -> None:
     """A result recorded, a study still arriving, a final state or a dry-run look each end the
     owner's lease at once, so another process may take the study when it is next due."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     one.discover(["r", "w", "f", "t"], 1.0, priority=LIVE, due_at=1.0)
     assert _claim(one) == ["f", "r", "t", "w"]
     one.record(StudyResult("r", Outcome.UNMATCHED), State.UNMATCHED, NOW, NOW)
@@ -144,10 +147,10 @@ def test_recording_a_result_gives_the_lease_up(tmp_path: Path) -> None:
     assert _claim(two, NOW + 1) == ["f", "r", "t", "w"]
 
 
-def test_an_old_owners_result_leaves_the_new_owners_lease(tmp_path: Path) -> None:
+def test_an_old_owners_result_leaves_the_new_owners_lease(database: Ledger) -> None:
     """A process that lost its lease (stuck past it) and records late does not end the lease
     of the process that took the study over."""
-    stuck, taker = _store(tmp_path, "stuck"), _store(tmp_path, "taker")
+    stuck, taker = _store(database, "stuck"), _store(database, "taker")
     stuck.discover(["s"], 1.0, priority=LIVE, due_at=1.0)
     assert _claim(stuck) == ["s"]
     assert _claim(taker, NOW + LEASE) == ["s"]
@@ -157,10 +160,10 @@ def test_an_old_owners_result_leaves_the_new_owners_lease(tmp_path: Path) -> Non
     assert held.owner == "taker"
 
 
-def test_renewal_extends_the_lease(tmp_path: Path) -> None:
+def test_renewal_extends_the_lease(database: Ledger) -> None:
     """A renewed lease keeps the study from others past its first end; renewal reports the
     leases the owner no longer holds."""
-    owner, other = _store(tmp_path, "owner"), _store(tmp_path, "other")
+    owner, other = _store(database, "owner"), _store(database, "other")
     owner.discover(["a", "b"], 1.0, priority=LIVE, due_at=1.0)
     assert _claim(owner) == ["a", "b"]
     renewed = NOW + LEASE - 1
@@ -170,9 +173,9 @@ def test_renewal_extends_the_lease(tmp_path: Path) -> None:
     assert owner.renew_leases(["a", "b"], renewed + 1) == 1  # b was taken over
 
 
-def test_release_lets_another_claim_at_once(tmp_path: Path) -> None:
+def test_release_lets_another_claim_at_once(database: Ledger) -> None:
     """Leases given back (a pass that stopped) are claimable by another process at once."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     one.discover(["a", "b"], 1.0, priority=LIVE, due_at=1.0)
     assert _claim(one) == ["a", "b"]
     one.release(["a"])
@@ -181,11 +184,11 @@ def test_release_lets_another_claim_at_once(tmp_path: Path) -> None:
 
 
 def test_a_uid_read_after_the_claim_gives_the_study_back_if_another_works_it(
-    tmp_path: Path,
+    database: Ledger,
 ) -> None:
     """A study claimed before its UID was known is given back once the UID read shows another
     process working that UID; one whose UID is free is kept."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     one.discover(["known", "x", "z"], 1.0, priority=LIVE, due_at=1.0, uids={"known": "1.7"})
     assert one.claim_study("known", NOW) is None
     assert _claim(two) == ["x", "z"]
@@ -194,9 +197,9 @@ def test_a_uid_read_after_the_claim_gives_the_study_back_if_another_works_it(
     assert [row.study_uid for row in one.find("z")] == ["1.8"]
 
 
-def test_claim_study_adds_an_unknown_study_due_now(tmp_path: Path) -> None:
+def test_claim_study_adds_an_unknown_study_due_now(database: Ledger) -> None:
     """A person's command on a study the ledger lacks adds it with its UID, leased."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     assert one.claim_study("new", NOW, "1.9") is None
     (row,) = one.find("1.9")
     assert (row.orthanc_id, row.next_attempt_at) == ("new", NOW)
@@ -205,34 +208,54 @@ def test_claim_study_adds_an_unknown_study_due_now(tmp_path: Path) -> None:
     assert one.claim_study("new", NOW + 1) is None  # the command's own lease does not stop it
 
 
-def test_shared_work_is_leased_by_name(tmp_path: Path) -> None:
-    """Only one owner at a time holds a named task; it renews its own, and another takes it
-    once released or run out."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+def test_shared_work_is_held_by_one_owner_at_a_time(database: Ledger) -> None:
+    """Only one owner at a time holds a named task; it keeps its own, and another takes it once
+    released."""
+    one, two = _store(database, "one"), _store(database, "two")
     assert one.claim_task("sweep", NOW)
     assert not two.claim_task("sweep", NOW + 1)
     assert one.claim_task("sweep", NOW + LEASE - 1)  # renewed
-    assert not two.claim_task("sweep", NOW + LEASE)
-    assert two.claim_task("sweep", NOW + 2 * LEASE)
-    two.release_task("sweep")
-    one.release_task("sweep")  # no longer its lease: nothing happens
-    assert one.claim_task("sweep", NOW + 2 * LEASE)
+    assert not two.claim_task("sweep", NOW + LEASE - 1)
+    one.release_task("sweep")
+    assert two.claim_task("sweep", NOW + LEASE)
+    one.release_task("sweep")  # no longer its task: nothing happens
+    assert not one.claim_task("sweep", NOW + LEASE)
 
 
-def test_cursor_only_advances_whoever_moves_it(tmp_path: Path) -> None:
+def test_sqlite_shared_work_is_taken_over_when_its_lease_runs_out(sqlite_database: Path) -> None:
+    """SQLite: a task whose owner stopped renewing (killed) is taken once its lease runs out."""
+    one, two = _store(sqlite_database, "one"), _store(sqlite_database, "two")
+    assert one.claim_task("sweep", NOW)
+    assert not two.claim_task("sweep", NOW + LEASE - 1)
+    assert two.claim_task("sweep", NOW + LEASE)
+    assert not one.claim_task("sweep", NOW + LEASE + 1)
+
+
+def test_postgres_shared_work_is_free_the_moment_its_holder_is_gone(postgres_database: str) -> None:
+    """PostgreSQL: a task is held by its owner's connection, whatever the clock says, and is
+    free as soon as that connection is gone (its process died), without waiting for a lease."""
+    one, two = _store(postgres_database, "one"), _store(postgres_database, "two")
+    assert one.claim_task("sweep", NOW)
+    assert not two.claim_task("sweep", NOW + 10 * LEASE)
+    one.close()
+    assert two.claim_task("sweep", NOW)
+    assert two.claim_task("changes feed", NOW)  # tasks are held by name, apart
+
+
+def test_cursor_only_advances_whoever_moves_it(database: Ledger) -> None:
     """Two processes following the changes feed: the cursor keeps the highest sequence
     either has reached, whatever the order of their writes."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     one.advance_cursor(100)
     two.advance_cursor(250)
     one.advance_cursor(180)  # a page read before the other's write lands after it
     assert (one.cursor(), two.cursor()) == (250, 250)
 
 
-def test_sweeps_are_numbered_apart_and_seen_marks_only_rise(tmp_path: Path) -> None:
+def test_sweeps_are_numbered_apart_and_seen_marks_only_rise(database: Ledger) -> None:
     """Each sweep gets a new number, and a study marked seen by a later sweep is not made to
     look unseen to it by an earlier one finishing after."""
-    one, two = _store(tmp_path, "one"), _store(tmp_path, "two")
+    one, two = _store(database, "one"), _store(database, "two")
     one.discover(["a"], 1.0, priority=BACKLOG, due_at=1.0)
     early, late = one.begin_sweep(), two.begin_sweep()
     assert late == early + 1
