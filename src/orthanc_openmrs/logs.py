@@ -61,6 +61,9 @@ _OWN_FAILURES = (
     ("no series holds an image", "nothing_to_show"),
     ("the viewer link alone is over", "link_too_long"),
 )
+# The ledger's own errors: the location they name is shown without its password, but the
+# driver's text after it may quote a row's values.
+_LEDGER_FAILURES = ("state database ", "SYNC_DATABASE: cannot open ")
 
 
 def public_reason(result: StudyResult) -> tuple[str, str]:
@@ -81,6 +84,8 @@ def public_error(message: str) -> tuple[str, str]:
     for start, code in _OWN_FAILURES:
         if message.startswith(start):
             return code, start
+    if message.startswith(_LEDGER_FAILURES):
+        return "ledger_error", "the ledger (SYNC_DATABASE) failed"
     match = _SERVER_ERROR.match(message)
     if match is None:
         return "failed", "the study could not be synced (details: orthanc-openmrs review)"

@@ -628,7 +628,12 @@ class Service:
                 delay = self.options.poll_interval
             except CredentialsRefused:
                 raise
-            except ServerError as exc:
+            except (ServerError, StoreError) as exc:
+                # A ledger that restarts (PostgreSQL failing over, a deadlock it broke) is
+                # waited out like a server outage: the pass's leases are ours to take again,
+                # and an upload whose result was not recorded is found by the next attempt.
+                if isinstance(exc, StoreError) and not exc.retryable:
+                    raise
                 failures += 1
                 backoff = Backoff(max(self.options.poll_interval, 1.0), 300.0)
                 delay = backoff.delay(failures, self._jitter())

@@ -178,7 +178,10 @@ class Store:
             raise self._error(exc) from exc
 
     def _error(self, exc: Exception) -> StoreError:
-        return StoreError(f"state database {self.location}: {self._db.redact(exc)}")
+        return StoreError(
+            f"state database {self.location}: {self._db.redact(exc)}",
+            retryable=self._db.transient(exc),
+        )
 
     def _query(self, sql: str, params: Params = ()) -> list[Row]:
         try:

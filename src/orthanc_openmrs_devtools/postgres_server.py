@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import psycopg
@@ -129,11 +129,12 @@ class PostgresServer:
             "log_min_messages=warning",
         ]
         self._process = subprocess.Popen(
-            self._user_prefix() + command,
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C for pytest does not reach it first
+            **self._as(),
         )
         log.close()
         deadline = time.monotonic() + _START_TIMEOUT
@@ -148,7 +149,8 @@ class PostgresServer:
         self.stop()
         raise PostgresServerError(f"PostgreSQL did not answer: {self._log_tail()}")
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server but keep its data, as a database restarting or failing over."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             # SIGINT: PostgreSQL's fast shutdown (ends sessions, no waiting for clients).
@@ -159,6 +161,14 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def resume(self) -> None:
+        """Start a halted server again, on its port."""
+        if self._process is None and not self._launch():
+            raise PostgresServerError(f"PostgreSQL did not start again: {self._log_tail()}")
+
+    def stop(self) -> None:
+        self.halt()
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
@@ -197,15 +207,21 @@ class PostgresServer:
             conn.execute(sql)  # type: ignore[call-overload,unused-ignore]
 
     # -- helpers ---------------------------------------------------------------------------
-    def _user_prefix(self) -> list[str]:
-        return ["runuser", "-u", _SYSTEM_USER, "--"] if self._as_owner else []
+    def _as(self) -> dict[str, Any]:
+        """Popen's arguments that run the command as the system user when we are root. The
+        child is then PostgreSQL itself, not a wrapper such as runuser, which would exit on
+        a signal and leave the server running."""
+        if not self._as_owner:
+            return {}
+        return {"user": _SYSTEM_USER, "group": _SYSTEM_USER, "extra_groups": []}
 
     def _run(self, *command: str) -> None:
         done = subprocess.run(
-            self._user_prefix() + list(command),
+            list(command),
             capture_output=True,
             stdin=subprocess.DEVNULL,
             check=False,
+            **self._as(),
         )
         if done.returncode != 0:
             output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]

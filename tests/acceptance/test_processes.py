@@ -15,6 +15,7 @@ from orthanc_openmrs.service import LEASE_WAIT
 from orthanc_openmrs.store import LEASE, Store
 from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
 from orthanc_openmrs_devtools.orthanc_server import free_tcp_port
+from orthanc_openmrs_devtools.postgres_server import PostgresServer
 from orthanc_openmrs_devtools.tally import Tally, tally
 from support import env_for, load
 
@@ -211,3 +212,31 @@ def test_postgres_feed_is_taken_over_when_its_follower_is_killed(
         for run in runs:
             run.kill()
     assert len(openmrs.attachments()) == 2
+
+
+def test_run_waits_out_a_postgres_restart(orthanc, openmrs, tmp_path) -> None:
+    """With the default settings, PostgreSQL going away under a running `run` (a restart, a
+    fail-over) is backed off like a server outage, not an exit; once it is back, the next
+    study is attached and the first is not attached again."""
+    with PostgresServer() as server:
+        url = server.create_database()
+        first = openmrs.add_patient(["PGR-1"])
+        run = _Run(env_for(orthanc, openmrs, url), tmp_path / "run.log")
+        try:
+            load(orthanc, StudySpec("before", patient_id="PGR-1"))
+            _wait_for(lambda: len(openmrs.attachments(first)) == 1, "the first is attached")
+            server.halt()
+            _wait_for(
+                lambda: '"reason_code": "ledger_error"' in run.log.read_text(errors="replace"),
+                "`run` backs off, naming the ledger",
+            )
+            assert run.process.poll() is None
+            second = openmrs.add_patient(["PGR-2"])
+            load(orthanc, StudySpec("after", patient_id="PGR-2"))
+            server.resume()
+            _wait_for(lambda: len(openmrs.attachments(second)) == 1, "the second is attached")
+            assert run.stop() == 0
+        finally:
+            run.kill()
+    assert len(openmrs.attachments()) == 2
+    assert server.password not in run.log.read_text(errors="replace")

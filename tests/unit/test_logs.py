@@ -95,6 +95,8 @@ def test_public_reason_of_each_problem() -> None:
         "OpenMRS POST /ws/rest/v1/attachment: ConnectError",
     )
     assert public_error("something with 'X9' in it")[0] == "failed"
+    ledger = "state database postgresql://u@db/ledger: duplicate key (orthanc_id)=(X9)"
+    assert public_error(ledger) == ("ledger_error", "the ledger (SYNC_DATABASE) failed")
     assert "X9" not in public_error("something with 'X9' in it")[1]
 
 

@@ -58,3 +58,8 @@ class Backend(Protocol):
     def redact(self, error: object) -> str:
         """`text` (a driver's message) with any secret of the location taken out."""
         ...
+
+    def transient(self, error: Exception) -> bool:
+        """Whether `error` (one of `errors`) may pass by itself: the database restarting or
+        unreachable, a deadlock it broke, a lock not freed in time. `run` waits those out."""
+        ...

@@ -179,7 +179,15 @@ class PostgresBackend:
         try:
             return psycopg.connect(self._url.conninfo, **self._kwargs)
         except psycopg.Error as exc:
-            raise StoreError(f"SYNC_DATABASE: cannot open {self._url}: {self.redact(exc)}") from exc
+            raise StoreError(
+                f"SYNC_DATABASE: cannot open {self._url}: {self.redact(exc)}",
+                retryable=self.transient(exc),
+            ) from exc
+
+    def transient(self, error: Exception) -> bool:
+        # OperationalError covers a lost or refused connection, the pool's timeout, and the
+        # rollbacks PostgreSQL forces (deadlock detected, serialization failure).
+        return isinstance(error, psycopg.OperationalError)
 
     def _create_or_upgrade(self, conn: psycopg.Connection[Any]) -> None:
         try:
@@ -285,7 +293,9 @@ class PostgresBackend:
             )
         except psycopg.Error as exc:
             self._drop_locks()
-            raise StoreError(f"state database {self._url}: {self.redact(exc)}") from exc
+            raise StoreError(
+                f"state database {self._url}: {self.redact(exc)}", retryable=self.transient(exc)
+            ) from exc
         if row is not None and row["taken"]:
             self._held.add(name)
             return True

@@ -226,6 +226,10 @@ class SqliteBackend:
     def redact(self, error: object) -> str:
         return str(error)
 
+    def transient(self, error: Exception) -> bool:
+        # Another process held the write lock past the busy timeout.
+        return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
     def close(self) -> None:
         self._db.close()
 
