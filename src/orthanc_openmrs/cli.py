@@ -40,7 +40,7 @@ from orthanc_openmrs.service import Service, ServiceOptions
 from orthanc_openmrs.store import Store, move_ledger
 from orthanc_openmrs.sync import SyncOptions
 from orthanc_openmrs.transport import tls_verification
-from orthanc_openmrs.web.app import Review, build_review_app
+from orthanc_openmrs.web.app import LedgerSignOuts, Review, build_review_app
 from orthanc_openmrs.web.sessions import Sessions
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
@@ -309,6 +309,7 @@ def _review_app(settings: Settings, monitor: Monitor, store: Store) -> Iterator[
                     secret,
                     settings.sync_web_session_hours * 3600,
                     secure=settings.sync_web_secure_cookie,
+                    shared=LedgerSignOuts(settings.sync_database),
                 ),
                 openmrs_url=settings.openmrs_url,
                 verify=tls_verification(settings.sync_ca_bundle),

@@ -972,8 +972,30 @@ class Store:
         assert kept is not None  # inserted just above, in the same transaction
         return str(kept["value"])
 
+    def sign_out(self, session_id: str, until: float, now: float) -> None:
+        """Remember a review session signed out until its cookie would have expired anyway,
+        for every process on the ledger; forget those already past."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_SIGNED_OUT + session_id, repr(until)),
+            )
+            rows = db.execute(
+                "SELECT key, value FROM meta WHERE key LIKE ? ESCAPE '!'",
+                (_SIGNED_OUT.replace("_", "!_") + "%",),
+            ).fetchall()
+            for row in rows:
+                if float(row["value"]) < now:
+                    db.execute("DELETE FROM meta WHERE key = ?", (row["key"],))
+
+    def signed_out(self, session_id: str) -> bool:
+        return self._meta(_SIGNED_OUT + session_id) is not None
+
     # -- end of the review pages' queries ----------------------------------------------------
 
+
+_SIGNED_OUT = "signed_out:"
 
 # What moving a ledger copies, table by table: everything but the leases of the processes that
 # worked it (they are stopped; the new ledger's processes take their own). Audit rows are

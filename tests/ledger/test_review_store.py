@@ -8,6 +8,9 @@ from pathlib import Path
 
 from orthanc_openmrs.models import NEEDS_A_PERSON, Outcome, State, StudyResult
 from orthanc_openmrs.store import LIVE, AuditRow, Store
+from orthanc_openmrs.web.app import LedgerSignOuts
+from orthanc_openmrs.web.people import Person, Privilege
+from orthanc_openmrs.web.sessions import Sessions
 
 
 def _ledger(database: Path | str) -> Store:
@@ -89,3 +92,32 @@ def test_the_signing_secret_is_made_once(database: Path | str) -> None:
     assert second.web_secret("two") == "one"
     first.close()
     assert Store(database).web_secret("three") == "one"
+
+
+def test_a_sign_out_holds_in_every_process_sharing_the_ledger(database: Path | str) -> None:
+    """Two processes' review pages on one ledger: a person signs out through one, and the
+    cookie (copied, say) is refused by the other too; old sign-outs are forgotten."""
+    Store(database).close()  # the ledger exists, as `run` has made it
+    clock = [1000.0]
+    first, second = (
+        Sessions(
+            "secret", 3600, secure=False, shared=LedgerSignOuts(database), clock=lambda: clock[0]
+        )
+        for _ in range(2)
+    )
+    session, cookie = first.new(Person("clerk", frozenset({Privilege.VIEW})))
+    other, other_cookie = first.new(Person("admin", frozenset({Privilege.VIEW})))
+    assert second.read(cookie) == session
+    first.revoke(session)
+    assert first.read(cookie) is None
+    assert second.read(cookie) is None
+    assert second.read(other_cookie) == other
+    clock[0] += 7200  # past the first sign-out's session: it is forgotten at the next one
+    late, _ = first.new(Person("clerk", frozenset({Privilege.VIEW})))
+    first.revoke(late)
+    store = Store(database, read_only=True)
+    try:
+        assert not store.signed_out(session.id)
+        assert store.signed_out(late.id)
+    finally:
+        store.close()

@@ -43,6 +43,27 @@ _HERE = Path(__file__).parent
 PREFIX = "/review"
 
 
+class LedgerSignOuts:
+    """Sign-outs kept in the ledger, so that every process sharing it refuses the cookie."""
+
+    def __init__(self, location: LedgerLocation) -> None:
+        self._location = location
+
+    def sign_out(self, session_id: str, until: float, now: float) -> None:
+        store = Store(self._location)
+        try:
+            store.sign_out(session_id, until, now)
+        finally:
+            store.close()
+
+    def signed_out(self, session_id: str) -> bool:
+        store = Store(self._location, read_only=True)
+        try:
+            return store.signed_out(session_id)
+        finally:
+            store.close()
+
+
 @dataclass
 class Review:
     """What the pages work with: the service's clients (the browser never sees their

@@ -3,9 +3,8 @@ holding the person's username, their review privileges and a CSRF token, valid f
 time from sign-in.
 
 The cookie is signed, not encrypted: it holds nothing the person may not read (no password,
-no patient data). Signing out revokes the session's id in this process, so the cookie stops
-working at once even if it was copied; another process on the same ledger would still honour
-it until it expires (a short SYNC_WEB_SESSION_HOURS bounds that).
+no patient data). Signing out revokes the session's id in this process and in the ledger, so
+the cookie stops working at once, even if it was copied, in every process sharing the ledger.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -32,10 +32,25 @@ class Session:
     issued: float
 
 
+class SignOuts(Protocol):
+    """Where sign-outs are kept for every process (the ledger)."""
+
+    def sign_out(self, session_id: str, until: float, now: float) -> None: ...
+
+    def signed_out(self, session_id: str) -> bool: ...
+
+
 class Sessions:
     def __init__(
-        self, secret: str, max_age: float, *, secure: bool, clock: Callable[[], float] = time.time
+        self,
+        secret: str,
+        max_age: float,
+        *,
+        secure: bool,
+        shared: SignOuts | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._shared = shared
         self._serializer = URLSafeTimedSerializer(secret, salt="orthanc-openmrs review session")
         self.max_age = max_age
         self.secure = secure
@@ -88,6 +103,8 @@ class Sessions:
         with self._lock:
             if sid in self._revoked:
                 return None
+        if self._shared is not None and self._shared.signed_out(sid):
+            return None
         granted = frozenset(Privilege(p) for p in data.get("may", []) if p in _NAMES)
         return Session(sid, Person(str(data.get("user", "")), granted), str(data["csrf"]), issued)
 
@@ -98,6 +115,8 @@ class Sessions:
             for sid, until in list(self._revoked.items()):
                 if until < now:
                     del self._revoked[sid]
+        if self._shared is not None:
+            self._shared.sign_out(session.id, session.issued + self.max_age, now)
 
     def cookie_header(self, value: str, *, max_age: float | None = None) -> str:
         age = int(self.max_age if max_age is None else max_age)
