@@ -4,10 +4,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from orthanc_openmrs_devtools.openmrs_double import OpenMRSDouble
 from orthanc_openmrs_devtools.orthanc_server import OrthancServer
 from orthanc_openmrs_devtools.postgres_server import PostgresServer
+
+# Modules whose tests share one costly module- or session-scoped fixture (the real-file corpus
+# run, the container image build): in a parallel run each is one unit of work, on one worker,
+# so the fixture is made once. xdist's own `xdist_group` mark would say this, but it renames
+# test items in a way pytest 9.2 no longer sees, so the grouping is done by the scheduler here.
+SHARED_FIXTURE_MODULES = frozenset(
+    {"tests/integration/test_real_files.py", "tests/deploy/test_container.py"}
+)
+
+
+class _SharedFixtureScheduling(LoadScopeScheduling):
+    """Every test is a unit of work of its own, but a module of SHARED_FIXTURE_MODULES is one
+    unit; the largest units (these modules) are handed out first."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return module if module in SHARED_FIXTURE_MODULES else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadScopeScheduling | None:
+    """`--dist loadgroup` (what scripts/test runs) schedules as above; other modes as xdist
+    does."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return _SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture

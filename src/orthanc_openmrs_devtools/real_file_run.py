@@ -9,9 +9,12 @@ reason in the ledger, and never a black image.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import io
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -139,10 +142,15 @@ def judge(
     attachments: Sequence[StoredAttachment],
     store: Store,
     uploaded: Sequence[Uploaded],
+    *,
+    threads: int = 4,
 ) -> list[Verdict]:
-    """One verdict per file, from what OpenMRS holds and what the ledger says."""
+    """One verdict per file, from what OpenMRS holds and what the ledger says. The reference
+    renderings (a request to Orthanc or a decoding child process each) are made ``threads`` at
+    a time: they wait on other processes, and the corpus has over a hundred."""
     crashers = store.not_to_render()
-    verdicts = []
+    verdicts: list[Verdict] = []
+    to_compare: list[tuple[int, Image.Image, Callable[[], list[Image.Image]]]] = []
     for item in uploaded:
         name = item.file.name
         if not item.orthanc_id:
@@ -168,12 +176,18 @@ def judge(
         # The reference is made by the other party: an image Orthanc made is compared with
         # pydicom's rendering, one made here with Orthanc's /preview.
         local = row.preview_source == PreviewSource.LOCAL_DECODE.value
-        refs = references(
+        make_references = functools.partial(
+            references,
             orthanc,
             row.instance_id,
             ask_orthanc=local and row.instance_id not in crashers,
             ask_pydicom=not local,
         )
-        corr = max((correlation(picture, r) for r in refs), default=None)
-        verdicts.append(Verdict(name, True, "image", row.preview_source, corr, row.reason, black))
+        to_compare.append((len(verdicts), picture, make_references))
+        verdicts.append(Verdict(name, True, "image", row.preview_source, None, row.reason, black))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = pool.map(lambda job: job[2](), to_compare)
+        for (index, picture, _), refs in zip(to_compare, found, strict=True):
+            corr = max((correlation(picture, r) for r in refs), default=None)
+            verdicts[index] = dataclasses.replace(verdicts[index], correlation=corr)
     return verdicts

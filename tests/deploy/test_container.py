@@ -20,7 +20,8 @@ from orthanc_openmrs_devtools.orthanc_server import free_tcp_port
 from support import PUBLIC_URL, load
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "localhost/orthanc-openmrs:test"
+# A tag of this run's own: another run on the machine may build and remove its image meanwhile.
+IMAGE = f"localhost/orthanc-openmrs:test-{secrets.token_hex(4)}"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # This machine forbids raising limits and runs cgroup v1 (crun cannot): see the contract on
 # containers. The same flags work wherever podman runs.
