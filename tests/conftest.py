@@ -15,7 +15,12 @@ from orthanc_openmrs_devtools.postgres_server import PostgresServer
 # so the fixture is made once. xdist's own `xdist_group` mark would say this, but it renames
 # test items in a way pytest 9.2 no longer sees, so the grouping is done by the scheduler here.
 SHARED_FIXTURE_MODULES = frozenset(
-    {"tests/integration/test_real_files.py", "tests/deploy/test_container.py"}
+    {
+        "tests/integration/test_real_files.py",
+        "tests/deploy/test_container.py",
+        # One Orthanc, one double and one `run` serve the module's pages, in order.
+        "tests/browser/test_review_pages.py",
+    }
 )
 
 

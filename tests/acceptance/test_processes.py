@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from orthanc_openmrs_devtools.dicom_factory import StudySpec, study_uid
 from orthanc_openmrs_devtools.orthanc_server import free_tcp_port
 from orthanc_openmrs_devtools.postgres_server import PostgresServer
 from orthanc_openmrs_devtools.tally import Tally, tally
-from support import env_for, load
+from support import env_for, ledger_rows, load
 
 STUDIES = 80
 # Slow enough that two processes always have studies between look and upload at once.
@@ -30,11 +28,10 @@ GRACE = 2.0
 WHILE_SYNC_STARTS = 1.0
 
 
-def _holds_a_lease(database: Path, pid: int) -> bool:
+def _holds_a_lease(database: Path | str, pid: int) -> bool:
     """Whether the process `pid` holds a lease on a study (owners are host:pid:random)."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        owners = db.execute("SELECT lease_owner FROM studies WHERE lease_owner != ''")
-        return any(owner.split(":")[1] == str(pid) for (owner,) in owners)
+    owners = ledger_rows(database, "SELECT lease_owner FROM studies WHERE lease_owner != ''")
+    return any(owner.split(":")[1] == str(pid) for (owner,) in owners)
 
 
 class _Run:
