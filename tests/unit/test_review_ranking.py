@@ -44,7 +44,11 @@ def test_equal_identifier_and_agreeing_demographics_come_first() -> None:
         "family name agrees",
     )
     assert ranked[2].agreements == ()
-    assert ranked[3].differences == ("birth date differs: DICOM 1985-02-03, OpenMRS 1985-03-02",)
+    assert ranked[3].differences == (
+        "no identifier equals the study's: DICOM UN-404, LEG-9, OpenMRS X-1",
+        "birth date differs: DICOM 1985-02-03, OpenMRS 1985-03-02",
+    )
+    assert ranked[0].differences == ()
 
 
 def test_voided_patients_are_left_out_and_ties_keep_openmrs_order() -> None:
@@ -57,3 +61,6 @@ def test_a_voided_identifier_is_no_agreement() -> None:
     patient = OpenMRSPatient("p", (PatientIdentifier("UN-404", "t", "OpenMRS ID", voided=True),))
     (ranked,) = rank(TAGS, [patient])
     assert ranked.agreements == ()
+    assert ranked.differences == (
+        "no identifier equals the study's: DICOM UN-404, LEG-9, OpenMRS none",
+    )

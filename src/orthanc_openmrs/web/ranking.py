@@ -54,6 +54,14 @@ def rank(patient_tags: Mapping[str, str], hits: Sequence[OpenMRSPatient]) -> lis
         if equal:
             agreements.append(f"identifier {equal[0]} equals the study's")
             score += _IDENTIFIER
+        elif wanted:
+            # Said, not scored: a typo at the modality is what the person is here to resolve,
+            # but linking across it must be a choice made knowingly.
+            ours = ", ".join(study_identifiers(patient_tags))
+            theirs = ", ".join(i.identifier for i in patient.identifiers if not i.voided)
+            differences.append(
+                f"no identifier equals the study's: DICOM {ours}, OpenMRS {theirs or 'none'}"
+            )
         for check in Check:
             decision = cross_check(patient_tags, patient, frozenset({check}))
             if check not in decision.compared:
