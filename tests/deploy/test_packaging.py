@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,18 @@ PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
 
 def test_the_wheel_carries_the_service_and_no_test_tooling(tmp_path: Path) -> None:
     """The wheel holds the service's modules and none of the double, launcher or sample run."""
+    # Built from a copy of the sources: setuptools builds in the tree's build/ and keeps what
+    # earlier builds left there, which would hide a module the project no longer has.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
     subprocess.run(
-        [*PIP_WHEEL, "--wheel-dir", str(tmp_path), str(ROOT)],
+        [*PIP_WHEEL, "--wheel-dir", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,

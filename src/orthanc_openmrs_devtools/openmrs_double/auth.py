@@ -201,6 +201,10 @@ def session_resource(accounts: Accounts, call: Call, rest: str) -> Response:
     body: dict[str, Any] = {"authenticated": call.user is not None, "locale": "en"}
     body["allowedLocales"] = ["en", "es", "fr", "it", "pt"]
     user = accounts.user(call.user)
+    if user is None and call.user is not None:
+        # Logged in by a token (oauth2login), which provisions the account it names; its
+        # privileges are as privileges_of() tells (every check passes).
+        user = User(call.user, "")
     if user is not None:
         body["user"] = _user_json(user, call.req.base)
         body["sessionLocation"] = None
