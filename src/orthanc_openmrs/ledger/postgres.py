@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from orthanc_openmrs.errors import StoreError
 from orthanc_openmrs.ledger.backend import Params, Result
@@ -165,11 +165,34 @@ class PostgresBackend:
                 self._check_version(first)
         finally:
             first.close()
-        self._pool: ConnectionPool[Any] = ConnectionPool(
-            url.conninfo, min_size=1, max_size=1, kwargs=kwargs, open=False, name="ledger"
-        )
-        self._open.pool = self._pool
+        self._pool = self._new_pool()
         self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT)
+
+    def _new_pool(self) -> ConnectionPool[Any]:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            self._url.conninfo,
+            min_size=1,
+            max_size=1,
+            kwargs=self._kwargs,
+            open=False,
+            name="ledger",
+        )
+        self._open.pool = pool
+        return pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            # The pool's reconnection attempts back off exponentially (a minute apart after a
+            # minute down) and end after its reconnect_timeout; a new pool tries again at
+            # once, so a restarted server is found by the next pass, however long it was gone.
+            old, self._pool = self._pool, self._new_pool()
+            self._pool.open(wait=False)
+            old.close(timeout=1.0)
+            raise
 
     @property
     def location(self) -> PostgresURL:
@@ -249,7 +272,7 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self, *, claims: bool = False) -> Iterator[None]:
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             if claims:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIMS_LOCK,))
             self._conn = conn
@@ -261,7 +284,7 @@ class PostgresBackend:
     def execute(self, sql: str, params: Params = ()) -> Result:
         if self._conn is not None:
             return self._conn.execute(self._sql(sql), params)
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             cursor = conn.execute(self._sql(sql), params)
             # The rows are read before the connection goes back to the pool.
             return _Fetched(cursor.fetchall() if cursor.description else [], cursor.rowcount)
