@@ -893,18 +893,7 @@ class Store:
         sql, params = "SELECT * FROM audit", tuple[str, ...]()
         if reference:
             sql, params = sql + " WHERE orthanc_id = ? OR study_uid = ?", (reference, reference)
-        return [
-            AuditRow(
-                at=float(r["at"]),
-                orthanc_id=r["orthanc_id"],
-                study_uid=r["study_uid"],
-                action=r["action"],
-                patient_uuid=r["patient_uuid"],
-                attachment_uuid=r["attachment_uuid"],
-                reason=r["reason"],
-            )
-            for r in self._query(sql + " ORDER BY id", params)
-        ]
+        return [_audit_row(r) for r in self._query(sql + " ORDER BY id", params)]
 
     # -- the review pages ------------------------------------------------------------------
     # Read-only queries for web/ (and one get-or-create of its signing secret), in SQL that
@@ -946,18 +935,7 @@ class Store:
         """One page of the audit trail, newest first, and its length."""
         total = self._query("SELECT COUNT(*) AS n FROM audit")[0]["n"]
         rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
-        return [
-            AuditRow(
-                at=float(r["at"]),
-                orthanc_id=r["orthanc_id"],
-                study_uid=r["study_uid"],
-                action=r["action"],
-                patient_uuid=r["patient_uuid"],
-                attachment_uuid=r["attachment_uuid"],
-                reason=r["reason"],
-            )
-            for r in rows
-        ], int(total)
+        return [_audit_row(r) for r in rows], int(total)
 
     def web_secret(self, new: str) -> str:
         """The review pages' cookie-signing secret: `new` if none is kept yet, else the kept
@@ -1041,6 +1019,18 @@ def open_backend(location: LedgerLocation, *, read_only: bool = False) -> Backen
 
         return PostgresBackend(location, read_only=read_only)
     return SqliteBackend(Path(location), read_only=read_only)
+
+
+def _audit_row(r: Row) -> AuditRow:
+    return AuditRow(
+        at=float(r["at"]),
+        orthanc_id=r["orthanc_id"],
+        study_uid=r["study_uid"],
+        action=r["action"],
+        patient_uuid=r["patient_uuid"],
+        attachment_uuid=r["attachment_uuid"],
+        reason=r["reason"],
+    )
 
 
 def _row(r: Row) -> StudyRow:
